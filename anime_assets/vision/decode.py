@@ -1,0 +1,273 @@
+"""Decoding: one pass over an episode, cheap per-frame views, exact timestamps.
+
+The episode is decoded once. Each frame yields two small views that everything
+downstream of decoding works on:
+
+* `gray`: luma at analysis resolution (~256 px wide), taken straight from the Y
+  plane by striding plus an area resize - no colour conversion of the full frame;
+* `small_rgb`: 48x27 RGB, the input size TransNetV2 was trained on.
+
+Only frames that are kept are converted to full-resolution RGB (see `to_bgr`).
+Timestamps come from each frame's pts and the stream time base, so variable
+frame rate files get true times, not index / fps.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import av
+import cv2
+import numpy as np
+
+ANALYSIS_WIDTH = 256
+SMALL_SIZE = (48, 27)  # (width, height) of TransNetV2's input
+
+# Planar 8-bit YUV formats whose planes we can read directly: name -> (chroma x, y subsampling)
+_PLANAR_8BIT = {
+    "yuv420p": (2, 2), "yuvj420p": (2, 2),
+    "yuv422p": (2, 1), "yuvj422p": (2, 1),
+    "yuv444p": (1, 1), "yuvj444p": (1, 1),
+}
+
+
+class VideoError(Exception):
+    """A file that cannot be used as an episode. str() is one line: '<file>: <reason>'."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{Path(path).name}: {reason}")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: str
+    width: int
+    height: int
+    fps: float  # average frame rate (nominal for VFR files; use pts for times)
+    n_frames: int  # container's count or an estimate from duration
+    duration: float
+    codec: str
+    pix_fmt: str
+    size_bytes: int
+
+
+@dataclass
+class AnalysisFrames:
+    """The small views of every frame of a clip (what `read_analysis` returns)."""
+
+    pts: np.ndarray  # (N,) float64 seconds
+    small_rgb: np.ndarray  # (N, 27, 48, 3) uint8
+    gray: np.ndarray  # (N, H, W) uint8 analysis luma
+    fps: float
+    width: int
+    height: int
+
+    def __len__(self) -> int:
+        return len(self.pts)
+
+
+def analysis_size(width: int, height: int, target_width: int = ANALYSIS_WIDTH) -> tuple[int, int]:
+    """(w, h) of the analysis image: `target_width` wide, the frame's aspect, even height."""
+    h = max(2, int(round(height * target_width / width / 2)) * 2)
+    return target_width, h
+
+
+def _open(path: str | os.PathLike):
+    p = Path(path)
+    if not p.exists():
+        raise VideoError(p, "file not found")
+    if not p.is_file():
+        raise VideoError(p, "not a regular file")
+    if p.stat().st_size == 0:
+        raise VideoError(p, "file is empty (0 bytes)")
+    try:
+        container = av.open(str(p), metadata_errors="ignore")
+    except av.error.InvalidDataError:
+        raise VideoError(p, "not a video file (no known container format)") from None
+    except (av.error.FFmpegError, OSError) as e:
+        raise VideoError(p, f"cannot open: {_ffmpeg_reason(e)}") from None
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+        container.close()
+        raise VideoError(p, f"no video stream (contains: {', '.join(kinds)})")
+    return container
+
+
+def _ffmpeg_reason(e: Exception) -> str:
+    msg = getattr(e, "strerror", None) or str(e)
+    return " ".join(str(msg).split())[:160]
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Check that `path` is a decodable video and describe it; raises VideoError otherwise.
+
+    Decodes the first frame so that a file with a valid header but broken data fails here,
+    before anything is written.
+    """
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        fps = float(stream.average_rate or stream.guessed_rate or 0) or 24.0
+        duration = 0.0
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration:
+            duration = container.duration / av.time_base
+        n = int(stream.frames or round(duration * fps))
+        try:
+            first = next(container.decode(stream), None)
+        except (av.error.FFmpegError, ValueError) as e:
+            raise VideoError(path, f"video stream cannot be decoded: {_ffmpeg_reason(e)}") from None
+        if first is None:
+            raise VideoError(path, "video stream has no decodable frames")
+        return VideoInfo(
+            path=str(path), width=first.width, height=first.height, fps=fps, n_frames=n,
+            duration=duration, codec=ctx.name, pix_fmt=first.format.name,
+            size_bytes=Path(path).stat().st_size,
+        )
+    finally:
+        container.close()
+
+
+@dataclass
+class DecodedFrame:
+    index: int
+    pts: float  # seconds
+    frame: av.VideoFrame
+
+
+def iter_frames(path: str | os.PathLike, *, threads: bool = True) -> Iterator[DecodedFrame]:
+    """Decode every frame in presentation order with true timestamps.
+
+    Corrupt data part-way through raises VideoError naming the frame where decoding stopped.
+    """
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        if threads:
+            stream.thread_type = "AUTO"  # frame + slice threads, as ffmpeg itself decodes
+        tb = stream.time_base
+        fps = float(stream.average_rate or stream.guessed_rate or 0) or 24.0
+        start = stream.start_time or 0
+        index = 0
+        last_pts = -1.0
+        try:
+            for frame in container.decode(stream):
+                if frame.pts is not None and tb is not None:
+                    pts = float((frame.pts - start) * tb)
+                else:
+                    pts = index / fps
+                if pts <= last_pts:  # broken or missing pts: keep times strictly increasing
+                    pts = last_pts + 1.0 / fps
+                last_pts = pts
+                yield DecodedFrame(index, pts, frame)
+                index += 1
+        except (av.error.FFmpegError, ValueError) as e:
+            raise VideoError(path, f"decoding failed after frame {index}: {_ffmpeg_reason(e)}") from None
+        if index == 0:
+            raise VideoError(path, "video stream has no decodable frames")
+    finally:
+        container.close()
+
+
+def _plane(frame: av.VideoFrame, i: int, width: int, height: int) -> np.ndarray:
+    plane = frame.planes[i]
+    buf = np.frombuffer(plane, np.uint8)
+    return buf.reshape(-1, plane.line_size)[:height, :width]
+
+
+class FrameViews:
+    """Turns decoded frames into the analysis views cheaply (Y plane striding, tiny colour convert)."""
+
+    def __init__(self, width: int, height: int, analysis_width: int = ANALYSIS_WIDTH):
+        self.width, self.height = width, height
+        self.gray_size = analysis_size(width, height, analysis_width)
+        # Stride so that the area resize starts from at most ~2x the target: cheap and alias-free enough.
+        self.step = max(1, width // (2 * analysis_width))
+        self.bt709 = height >= 720
+
+    def views(self, frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(gray analysis image, 48x27 RGB) for one frame."""
+        fmt = frame.format.name
+        if fmt not in _PLANAR_8BIT or frame.width != self.width or frame.height != self.height:
+            frame = frame.reformat(width=self.width, height=self.height, format="yuv420p")
+            fmt = "yuv420p"
+        sx, sy = _PLANAR_8BIT[fmt]
+        w, h = self.width, self.height
+        y = _plane(frame, 0, w, h)
+        s = self.step
+        gray = cv2.resize(y[::s, ::s], self.gray_size, interpolation=cv2.INTER_AREA)
+        cw, ch = -(-w // sx), -(-h // sy)
+        u = _plane(frame, 1, cw, ch)
+        v = _plane(frame, 2, cw, ch)
+        cs = max(1, s // sx)
+        ys = cv2.resize(gray, SMALL_SIZE, interpolation=cv2.INTER_AREA)
+        us = cv2.resize(u[::cs, ::cs], SMALL_SIZE, interpolation=cv2.INTER_AREA)
+        vs = cv2.resize(v[::cs, ::cs], SMALL_SIZE, interpolation=cv2.INTER_AREA)
+        full_range = fmt.startswith("yuvj")
+        return gray, yuv_to_rgb(ys, us, vs, bt709=self.bt709, full_range=full_range)
+
+
+def yuv_to_rgb(y: np.ndarray, u: np.ndarray, v: np.ndarray, *, bt709: bool, full_range: bool) -> np.ndarray:
+    """Small YUV planes (same size) -> RGB uint8, with the matrix and range of the source."""
+    yf = y.astype(np.float32)
+    uf = u.astype(np.float32) - 128.0
+    vf = v.astype(np.float32) - 128.0
+    if not full_range:
+        yf = (yf - 16.0) * (255.0 / 219.0)
+        uf *= 255.0 / 224.0
+        vf *= 255.0 / 224.0
+    if bt709:
+        r = yf + 1.5748 * vf
+        g = yf - 0.1873 * uf - 0.4681 * vf
+        b = yf + 1.8556 * uf
+    else:
+        r = yf + 1.402 * vf
+        g = yf - 0.344136 * uf - 0.714136 * vf
+        b = yf + 1.772 * uf
+    return np.clip(np.stack([r, g, b], axis=-1) + 0.5, 0, 255).astype(np.uint8)
+
+
+def to_bgr(frame: av.VideoFrame) -> np.ndarray:
+    """Full-resolution BGR (what cv2 writes). Only called for frames that are kept."""
+    return frame.to_ndarray(format="bgr24")
+
+
+def read_analysis(path: str | os.PathLike, *, analysis_width: int = ANALYSIS_WIDTH,
+                  max_frames: int | None = None) -> AnalysisFrames:
+    """Decode a (short) clip into its analysis views. For whole episodes the pipeline streams instead."""
+    info = probe(path)
+    views = FrameViews(info.width, info.height, analysis_width)
+    pts, small, gray = [], [], []
+    for df in iter_frames(path):
+        if max_frames is not None and df.index >= max_frames:
+            break
+        g, s = views.views(df.frame)
+        pts.append(df.pts)
+        gray.append(g)
+        small.append(s)
+    return AnalysisFrames(
+        pts=np.asarray(pts, np.float64), small_rgb=np.stack(small), gray=np.stack(gray),
+        fps=info.fps, width=info.width, height=info.height,
+    )
+
+
+def read_frames_bgr(path: str | os.PathLike, indices) -> dict[int, np.ndarray]:
+    """Full-resolution BGR of the given frame indices (one sequential decode, stops after the last)."""
+    wanted = set(int(i) for i in indices)
+    out: dict[int, np.ndarray] = {}
+    if not wanted:
+        return out
+    last = max(wanted)
+    for df in iter_frames(path):
+        if df.index in wanted:
+            out[df.index] = to_bgr(df.frame)
+        if df.index >= last:
+            break
+    return out
