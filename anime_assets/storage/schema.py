@@ -1,0 +1,141 @@
+"""The one schema of the LanceDB `frames` table, shared by every writer and reader.
+
+One row per kept frame. Writers build rows with `frames_schema(dim)` (or `empty_frames`),
+readers check a table with `check_frames_schema`; nobody spells a column name twice.
+
+Rule: vectors of different embedding models never share a column. The schema metadata
+records `embedding_model` and `dim`; a table built for one model is never written with
+another model's vectors (see `tables.FrameTables.open_frames`).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+
+from anime_assets.keys import validate_key
+
+FRAMES_TABLE = "frames"
+
+ID = "id"
+EPISODE = "episode"
+SHOT = "shot"
+FRAME_INDEX = "frame_index"
+PTS_SECONDS = "pts_seconds"
+IMAGE_URI = "image_uri"
+WIDTH = "width"
+HEIGHT = "height"
+QUALITY = "quality"
+IS_KEYFRAME = "is_keyframe"
+VECTOR = "vector"
+EMBEDDING_MODEL = "embedding_model"
+PIPELINE_VERSION = "pipeline_version"
+CLUSTER_EPISODE = "cluster_episode"
+CLUSTER_GLOBAL = "cluster_global"
+CLUSTER_PROBABILITY = "cluster_probability"
+UMAP_X = "umap_x"
+UMAP_Y = "umap_y"
+UPDATED_AT = "updated_at"
+
+# Columns written by the clustering step; everything else is written by the embedding step.
+CLUSTER_COLUMNS = (CLUSTER_EPISODE, CLUSTER_GLOBAL, CLUSTER_PROBABILITY, UMAP_X, UMAP_Y)
+NOISE_LABEL = -1  # HDBSCAN noise, and "not clustered yet"
+
+META_EMBEDDING_MODEL = b"embedding_model"
+META_DIM = b"dim"
+META_SCHEMA_VERSION = b"frames_schema_version"
+SCHEMA_VERSION = "1"
+
+
+def frames_schema(dim: int, embedding_model: str | None = None) -> pa.Schema:
+    """Arrow schema of `frames` for vectors of `dim` floats from `embedding_model`."""
+    if not isinstance(dim, int) or dim <= 0:
+        raise ValueError(f"dim must be a positive int, got {dim!r}")
+    metadata = {META_DIM: str(dim).encode(), META_SCHEMA_VERSION: SCHEMA_VERSION.encode()}
+    if embedding_model is not None:
+        metadata[META_EMBEDDING_MODEL] = embedding_model.encode()
+    return pa.schema(
+        [
+            pa.field(ID, pa.string(), nullable=False),
+            pa.field(EPISODE, pa.string(), nullable=False),
+            pa.field(SHOT, pa.string(), nullable=False),
+            pa.field(FRAME_INDEX, pa.int32(), nullable=False),
+            pa.field(PTS_SECONDS, pa.float64()),
+            pa.field(IMAGE_URI, pa.string()),
+            pa.field(WIDTH, pa.int32()),
+            pa.field(HEIGHT, pa.int32()),
+            pa.field(QUALITY, pa.float32()),
+            pa.field(IS_KEYFRAME, pa.bool_()),
+            pa.field(VECTOR, pa.list_(pa.float32(), dim)),
+            pa.field(EMBEDDING_MODEL, pa.string()),
+            pa.field(PIPELINE_VERSION, pa.string()),
+            pa.field(CLUSTER_EPISODE, pa.int32()),
+            pa.field(CLUSTER_GLOBAL, pa.int32()),
+            pa.field(CLUSTER_PROBABILITY, pa.float32()),
+            pa.field(UMAP_X, pa.float32()),
+            pa.field(UMAP_Y, pa.float32()),
+            pa.field(UPDATED_AT, pa.timestamp("us", tz="UTC")),
+        ],
+        metadata=metadata,
+    )
+
+
+def cluster_update_schema() -> pa.Schema:
+    """Schema of the rows `FrameTables.update_clusters` takes: id + the cluster columns."""
+    full = frames_schema(1)
+    return pa.schema([full.field(ID)] + [full.field(c) for c in CLUSTER_COLUMNS])
+
+
+def frame_id(episode: str, shot: str, frame_index: int) -> str:
+    """Row id: `<episode>/<shot>/<frame_index:06d>`; stable across re-runs of a partition."""
+    validate_key(episode, "episode")
+    validate_key(shot, "shot")
+    if not 0 <= int(frame_index) <= 999_999:
+        raise ValueError(f"frame_index {frame_index} out of range 0-999999")
+    return f"{episode}/{shot}/{int(frame_index):06d}"
+
+
+def schema_dim(schema: pa.Schema) -> int:
+    return schema.field(VECTOR).type.list_size
+
+
+def schema_embedding_model(schema: pa.Schema) -> str | None:
+    meta = schema.metadata or {}
+    value = meta.get(META_EMBEDDING_MODEL)
+    return value.decode() if value is not None else None
+
+
+def check_frames_schema(schema: pa.Schema, dim: int | None = None) -> list[str]:
+    """Differences between `schema` and what readers expect (empty list = compatible).
+
+    Compares names, types and nullability, not field metadata (LanceDB adds its own, e.g.
+    the primary-key marker) and not column order.
+    """
+    expected = frames_schema(dim if dim is not None else _dim_or_one(schema))
+    problems = []
+    for field in expected:
+        if field.name not in schema.names:
+            problems.append(f"missing column {field.name!r}")
+            continue
+        got = schema.field(field.name)
+        if got.type != field.type:
+            problems.append(f"column {field.name!r} has type {got.type}, expected {field.type}")
+        if got.nullable != field.nullable:
+            problems.append(f"column {field.name!r} nullable={got.nullable}, expected {field.nullable}")
+    extra = sorted(set(schema.names) - set(expected.names))
+    problems.extend(f"unexpected column {name!r}" for name in extra)
+    return problems
+
+
+def model_slug(embedding_model: str) -> str:
+    """A table-name-safe form of a model id: `open_clip:ViT-B-32/laion2b` -> `open_clip_vit-b-32_laion2b`."""
+    slug = re.sub(r"[^a-z0-9_-]+", "_", embedding_model.lower()).strip("_-")
+    return slug[:96] or "unknown"
+
+
+def _dim_or_one(schema: pa.Schema) -> int:
+    try:
+        return schema_dim(schema)
+    except (KeyError, AttributeError):
+        return 1
