@@ -17,6 +17,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -49,8 +50,13 @@ def validate_name(name: str, what: str = "name") -> str:
 class MediaStore:
     """Files under `root`, addressed by (asset, episode, shot, name); all writes atomic."""
 
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str, retired_grace_s: float = 0.0):
+        """`retired_grace_s`: how long a replaced partition folder is kept (hidden, renamed away)
+        before deletion. 0 deletes it right after the swap; a reader that opened the old folder
+        just before the swap then sees its files vanish. A grace of a few seconds lets such
+        readers finish; the leftovers are purged by later commits / `clean_stale`."""
         self.root = Path(root).resolve()
+        self.retired_grace_s = float(retired_grace_s)
 
     # ---- paths -------------------------------------------------------------------
     def partition_dir(self, asset: str, episode: str, shot: str | None = None) -> Path:
@@ -139,7 +145,7 @@ class MediaStore:
         else:
             os.replace(staging, final)
         _fsync_dir(final.parent)
-        shutil.rmtree(retired, ignore_errors=True)
+        self._retire(retired)
         return final
 
     def remove_partition(self, asset: str, episode: str, shot: str | None = None) -> bool:
@@ -149,8 +155,16 @@ class MediaStore:
             return False
         retired = final.parent / f".{final.name}{RETIRED_SUFFIX}{uuid.uuid4().hex[:12]}"
         os.replace(final, retired)
-        shutil.rmtree(retired, ignore_errors=True)
+        self._retire(retired)
         return True
+
+    def _retire(self, retired: Path) -> None:
+        if not retired.exists():
+            return
+        if self.retired_grace_s <= 0:
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.utime(retired)  # the grace period counts from now, not from the folder's last write
 
     def clean_stale(self, asset: str, episode: str, shot: str | None = None) -> int:
         """Remove staging/retired folders and temp files left by a crashed earlier attempt.
@@ -161,8 +175,16 @@ class MediaStore:
         final = self.partition_dir(asset, episode, shot)
         removed = 0
         if final.parent.is_dir():
-            for prefix in (f".{final.name}{STAGING_SUFFIX}", f".{final.name}{RETIRED_SUFFIX}"):
-                for leftover in final.parent.glob(prefix + "*"):
+            for leftover in final.parent.glob(f".{final.name}{STAGING_SUFFIX}*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+                removed += 1
+            cutoff = time.time() - self.retired_grace_s
+            for leftover in final.parent.glob(f".{final.name}{RETIRED_SUFFIX}*"):
+                try:
+                    expired = leftover.stat().st_mtime <= cutoff
+                except FileNotFoundError:
+                    continue
+                if expired:
                     shutil.rmtree(leftover, ignore_errors=True)
                     removed += 1
         if final.is_dir():

@@ -249,7 +249,7 @@ class FrameTables:
                 column = rows.column(field.name)
                 try:
                     column = column.cast(field.type)
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
                     raise FramesTableError(f"column {field.name!r}: cannot cast {column.type} to {field.type}: {exc}") from exc
             elif field.name == fs.EMBEDDING_MODEL:
                 column = pa.array([model] * n, field.type)
