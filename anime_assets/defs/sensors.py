@@ -1,0 +1,140 @@
+"""Sensors: the inbox registers episodes; the pipeline sensor moves each episode to its next stage.
+
+1. `episode_inbox`: a new, settled video file in the episodes folder becomes an episode partition
+   and a run of the episode-level assets.
+2. `episode_pipeline`: a new shot_boundaries materialization launches ONE run of the shot-level
+   assets over exactly that episode's real shots; once every shot has embeddings newer than its
+   shot boundaries, the episode is clustered, then the season.
+Run keys make every request idempotent, so a sensor tick that repeats itself launches nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import dagster as dg
+
+from anime_assets import settings
+from anime_assets.defs.clusters import episode_clusters, season_clusters
+from anime_assets.defs.episodes import frame_index, shot_boundaries, source_video
+from anime_assets.defs.partitions import EPISODES, shot_range_tags
+from anime_assets.defs.resources import StorageResource
+from anime_assets.defs.shots import clean_frames, frame_embeddings
+from anime_assets.keys import episode_key_from_filename, shot_key
+
+EPISODE_ASSETS = [source_video.key, frame_index.key, shot_boundaries.key]
+SHOT_ASSETS = [clean_frames.key, frame_embeddings.key]
+SETTLE_SECONDS = 5.0  # a file still being copied keeps changing; wait until it has been still this long
+
+
+def inbox_files(folder) -> dict[str, str]:
+    """episode key -> file name for every video file in the inbox (unusable names skipped)."""
+    out: dict[str, str] = {}
+    if not folder.is_dir():
+        return out
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in settings.VIDEO_EXTENSIONS:
+            try:
+                out.setdefault(episode_key_from_filename(p.name), p.name)
+            except ValueError:
+                continue
+    return out
+
+
+@dg.sensor(
+    minimum_interval_seconds=15,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    asset_selection=EPISODE_ASSETS,
+    description="Registers new video files in the episodes folder as episode partitions and processes them.",
+)
+def episode_inbox(context: dg.SensorEvaluationContext, storage: StorageResource):
+    folder = storage.episodes_dir()
+    known = set(context.instance.get_dynamic_partitions(EPISODES))
+    new_keys, requests = [], []
+    now = time.time()
+    for key, name in inbox_files(folder).items():
+        if key in known:
+            continue
+        if now - (folder / name).stat().st_mtime < SETTLE_SECONDS:
+            continue
+        new_keys.append(key)
+        requests.append(dg.RunRequest(partition_key=key, run_key=f"ingest-{key}"))
+        context.log.info(f"new episode {key} from {name}")
+    if not new_keys:
+        return dg.SkipReason(f"no new episodes in {folder}")
+    return dg.SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[dg.AddDynamicPartitionsRequest(EPISODES, new_keys)],
+    )
+
+
+def _latest(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None):
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None),
+        limit=1, ascending=False,
+    ).records
+    return records[0] if records else None
+
+
+def shots_of(record) -> int:
+    meta = record.asset_materialization.metadata
+    return int(meta["shots"].value) if "shots" in meta else 0
+
+
+def next_stage_requests(instance: dg.DagsterInstance, after_storage_id: int) -> tuple[list[dg.RunRequest], int]:
+    """Run requests for episodes whose shot boundaries or embeddings changed since `after_storage_id`."""
+    requests: list[dg.RunRequest] = []
+    cursor = after_storage_id
+    new_bounds = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=shot_boundaries.key, after_storage_id=after_storage_id), limit=1000
+    ).records
+    for rec in new_bounds:
+        cursor = max(cursor, rec.storage_id)
+        episode = rec.partition_key
+        n = shots_of(rec)
+        if n:
+            requests.append(dg.RunRequest(
+                run_key=f"shots-{episode}-{rec.storage_id}", asset_selection=SHOT_ASSETS,
+                tags=shot_range_tags(episode, n),
+            ))
+    new_embeds = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=frame_embeddings.key, after_storage_id=after_storage_id), limit=10000
+    ).records
+    touched = set()
+    for rec in new_embeds:
+        cursor = max(cursor, rec.storage_id)
+        touched.add(rec.partition_key.split("|")[0])
+    for episode in sorted(touched):
+        bounds = _latest(instance, shot_boundaries.key, episode)
+        if bounds is None:
+            continue
+        n = shots_of(bounds)
+        done = [_latest(instance, frame_embeddings.key, f"{episode}|{shot_key(i)}") for i in range(n)]
+        if n and all(r is not None and r.storage_id > bounds.storage_id for r in done):
+            last = max(r.storage_id for r in done)
+            requests.append(dg.RunRequest(run_key=f"clusters-{episode}-{last}", partition_key=episode,
+                                          asset_selection=[episode_clusters.key]))
+    new_clusters = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=episode_clusters.key, after_storage_id=after_storage_id), limit=1000
+    ).records
+    if new_clusters:
+        last = max(r.storage_id for r in new_clusters)
+        cursor = max(cursor, last)
+        requests.append(dg.RunRequest(run_key=f"season-{last}", asset_selection=[season_clusters.key]))
+    return requests, cursor
+
+
+@dg.sensor(
+    minimum_interval_seconds=15,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    asset_selection=[*SHOT_ASSETS, episode_clusters.key, season_clusters.key],
+    description="Launches each episode's next stage: its real shots in one run, then its clusters, then the season's.",
+)
+def episode_pipeline(context: dg.SensorEvaluationContext):
+    after = json.loads(context.cursor)["after"] if context.cursor else 0
+    requests, cursor = next_stage_requests(context.instance, after)
+    context.update_cursor(json.dumps({"after": cursor}))
+    if not requests:
+        return dg.SkipReason("nothing new")
+    return requests
