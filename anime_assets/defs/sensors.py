@@ -25,6 +25,8 @@ from anime_assets.keys import episode_key_from_filename, shot_key
 
 EPISODE_ASSETS = [source_video.key, frame_index.key, shot_boundaries.key]
 SHOT_ASSETS = [clean_frames.key, frame_embeddings.key]
+# Runs the CLI executes itself carry this tag; the pipeline sensor leaves their next stages to the CLI.
+CLI_TAG = "anime_assets/launched_by"
 SETTLE_SECONDS = 5.0  # a file still being copied keeps changing; wait until it has been still this long
 
 
@@ -82,15 +84,22 @@ def shots_of(record) -> int:
     return int(meta["shots"].value) if "shots" in meta else 0
 
 
+def _from_cli(instance: dg.DagsterInstance, record) -> bool:
+    run = instance.get_run_by_id(record.run_id)
+    return run is not None and CLI_TAG in run.tags
+
+
+def _fetch_new(instance: dg.DagsterInstance, key: dg.AssetKey, after: int, limit: int):
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, after_storage_id=after), limit=limit).records
+    return [r for r in records if not _from_cli(instance, r)], max([after, *(r.storage_id for r in records)])
+
+
 def next_stage_requests(instance: dg.DagsterInstance, after_storage_id: int) -> tuple[list[dg.RunRequest], int]:
     """Run requests for episodes whose shot boundaries or embeddings changed since `after_storage_id`."""
     requests: list[dg.RunRequest] = []
-    cursor = after_storage_id
-    new_bounds = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=shot_boundaries.key, after_storage_id=after_storage_id), limit=1000
-    ).records
+    new_bounds, c1 = _fetch_new(instance, shot_boundaries.key, after_storage_id, 1000)
     for rec in new_bounds:
-        cursor = max(cursor, rec.storage_id)
         episode = rec.partition_key
         n = shots_of(rec)
         if n:
@@ -98,12 +107,9 @@ def next_stage_requests(instance: dg.DagsterInstance, after_storage_id: int) -> 
                 run_key=f"shots-{episode}-{rec.storage_id}", asset_selection=SHOT_ASSETS,
                 tags=shot_range_tags(episode, n),
             ))
-    new_embeds = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=frame_embeddings.key, after_storage_id=after_storage_id), limit=10000
-    ).records
+    new_embeds, c2 = _fetch_new(instance, frame_embeddings.key, after_storage_id, 10000)
     touched = set()
     for rec in new_embeds:
-        cursor = max(cursor, rec.storage_id)
         touched.add(rec.partition_key.split("|")[0])
     for episode in sorted(touched):
         bounds = _latest(instance, shot_boundaries.key, episode)
@@ -115,14 +121,11 @@ def next_stage_requests(instance: dg.DagsterInstance, after_storage_id: int) -> 
             last = max(r.storage_id for r in done)
             requests.append(dg.RunRequest(run_key=f"clusters-{episode}-{last}", partition_key=episode,
                                           asset_selection=[episode_clusters.key]))
-    new_clusters = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=episode_clusters.key, after_storage_id=after_storage_id), limit=1000
-    ).records
+    new_clusters, c3 = _fetch_new(instance, episode_clusters.key, after_storage_id, 1000)
     if new_clusters:
         last = max(r.storage_id for r in new_clusters)
-        cursor = max(cursor, last)
         requests.append(dg.RunRequest(run_key=f"season-{last}", asset_selection=[season_clusters.key]))
-    return requests, cursor
+    return requests, max(c1, c2, c3)
 
 
 @dg.sensor(

@@ -1,0 +1,250 @@
+"""`anime-assets`: ingest episodes and backfill shots from the command line, in-process.
+
+Runs are recorded in the same Dagster instance the UI reads ($DAGSTER_HOME), so everything
+done here shows in the UI's runs, partitions and asset pages.
+
+  anime-assets ingest PATH... [--episode KEY]   register episodes and materialise every asset
+  anime-assets backfill EPISODE...              re-run the real shot partitions of episodes
+  anime-assets status                           episodes, shots and LanceDB rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+
+
+def _dagster_home() -> None:
+    """Use the project's dagster.yaml when run from the project root; else a home under the data root."""
+    if os.environ.get("DAGSTER_HOME"):
+        return
+    if Path("dagster.yaml").is_file() and Path("workspace.yaml").is_file():
+        os.environ["DAGSTER_HOME"] = str(Path.cwd())
+        return
+    from anime_assets import settings
+
+    home = settings.data_root() / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").touch()
+    os.environ["DAGSTER_HOME"] = str(home)
+
+
+class _Progress:
+    """One tqdm bar per stage, fed by anime_assets.progress.report from inside the assets."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+        self.stage = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.bar = tqdm(total=max(total, done), desc=stage, unit="frame" if "decode" in stage else "shot",
+                            dynamic_ncols=True, leave=True)
+        if total > self.bar.total:
+            self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = None
+        self.stage = None
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _materialize(selection, instance, *, partition_key=None, tags=None) -> bool:
+    import dagster as dg
+
+    from anime_assets.definitions import ALL_ASSETS, resources
+    from anime_assets.defs.sensors import CLI_TAG
+
+    result = dg.materialize(
+        ALL_ASSETS, selection=selection, instance=instance, resources=resources(),
+        partition_key=partition_key, tags={CLI_TAG: "cli", **(tags or {})}, raise_on_error=False,
+    )
+    if not result.success:
+        for ev in result.all_events:
+            if ev.is_step_failure:
+                err = ev.step_failure_data.error
+                user = ev.step_failure_data.user_failure_data
+                msg = (user.description if user and user.description else None) or (err.message if err else "failed")
+                _say(f"error: {msg.strip().splitlines()[-1] if msg.strip() else 'failed'}")
+    return result.success
+
+
+def _shots_run(instance, episode: str) -> bool:
+    from anime_assets.defs.partitions import shot_range_tags
+    from anime_assets.defs.resources import StorageResource
+    from anime_assets.defs.sensors import SHOT_ASSETS
+    from anime_assets.stages.shot_boundaries import load_shots
+
+    n = len(load_shots(StorageResource().media(), episode)["shots"])
+    _say(f"{episode}: {n} shots")
+    return _materialize(SHOT_ASSETS, instance, tags=shot_range_tags(episode, n))
+
+
+def _clusters_run(instance, episode: str) -> bool:
+    from anime_assets.defs.clusters import episode_clusters, season_clusters
+
+    return (_materialize([episode_clusters.key], instance, partition_key=episode)
+            and _materialize([season_clusters.key], instance))
+
+
+def _place_in_inbox(src: Path, episode: str) -> Path:
+    """Link (or copy) the file into the inbox under its episode key, so the sensor and assets find it."""
+    from anime_assets import settings
+    from anime_assets.defs.resources import StorageResource
+    from anime_assets.defs.sensors import inbox_files
+
+    inbox = StorageResource().episodes_dir()
+    inbox.mkdir(parents=True, exist_ok=True)
+    suffix = src.suffix.lower() if src.suffix.lower() in settings.VIDEO_EXTENSIONS else ".mp4"
+    dst = inbox / f"{episode}{suffix}"
+    taken = inbox_files(inbox).get(episode)
+    if taken and taken != dst.name:
+        raise ValueError(f"{src.name}: episode {episode} already exists as {taken}; use --episode to choose another key")
+    if dst.exists() and dst.resolve() == src.resolve():
+        return dst
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return dst
+
+
+def cmd_ingest(args) -> int:
+    import dagster as dg
+
+    from anime_assets import progress
+    from anime_assets.defs.partitions import EPISODES
+    from anime_assets.defs.sensors import EPISODE_ASSETS
+    from anime_assets.keys import episode_key_from_filename, validate_key
+    from anime_assets.vision.decode import VideoError, probe
+
+    if args.episode and len(args.paths) > 1:
+        _say("error: --episode names one episode; pass one PATH with it")
+        return 2
+    instance = dg.DagsterInstance.get()
+    bar = _Progress(enabled=not args.quiet)
+    progress.set_listener(bar)
+    failures = 0
+    try:
+        for raw in args.paths:
+            src = Path(raw)
+            try:
+                episode = validate_key(args.episode, "episode") if args.episode else episode_key_from_filename(src.name)
+                probe(src)
+                _place_in_inbox(src, episode)
+            except (VideoError, ValueError) as e:
+                _say(f"error: {e}")
+                failures += 1
+                continue
+            if episode not in instance.get_dynamic_partitions(EPISODES):
+                instance.add_dynamic_partitions(EPISODES, [episode])
+            _say(f"{episode}: registered ({src.name})")
+            ok = (_materialize(EPISODE_ASSETS, instance, partition_key=episode)
+                  and _shots_run(instance, episode) and _clusters_run(instance, episode))
+            bar.close()
+            if ok:
+                _say(f"{episode}: done")
+            else:
+                failures += 1
+    finally:
+        bar.close()
+        progress.set_listener(None)
+    return 1 if failures else 0
+
+
+def cmd_backfill(args) -> int:
+    import dagster as dg
+
+    from anime_assets import progress
+    from anime_assets.defs.partitions import EPISODES
+    from anime_assets.keys import validate_key
+
+    instance = dg.DagsterInstance.get()
+    known = set(instance.get_dynamic_partitions(EPISODES))
+    bar = _Progress(enabled=not args.quiet)
+    progress.set_listener(bar)
+    failures = 0
+    try:
+        for episode in args.episodes:
+            try:
+                validate_key(episode, "episode")
+                if episode not in known:
+                    raise ValueError(f"episode {episode} is not registered (known: {', '.join(sorted(known)) or 'none'})")
+                ok = _shots_run(instance, episode) and _clusters_run(instance, episode)
+            except (ValueError, FileNotFoundError) as e:
+                _say(f"error: {e}")
+                ok = False
+            bar.close()
+            failures += not ok
+    finally:
+        bar.close()
+        progress.set_listener(None)
+    return 1 if failures else 0
+
+
+def cmd_status(args) -> int:
+    import dagster as dg
+
+    from anime_assets.defs.partitions import EPISODES
+    from anime_assets.defs.resources import StorageResource
+    from anime_assets.stages.shot_boundaries import load_shots
+
+    instance = dg.DagsterInstance.get()
+    storage = StorageResource()
+    tables = storage.tables()
+    for episode in instance.get_dynamic_partitions(EPISODES):
+        try:
+            n = len(load_shots(storage.media(), episode)["shots"])
+        except FileNotFoundError:
+            n = None
+        try:
+            tables.open_frames()
+            rows = tables.count(episode)
+        except Exception:  # no table yet
+            rows = 0
+        print(f"{episode}\tshots={n if n is not None else '-'}\trows={rows}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="anime-assets", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("ingest", help="register episode files and materialise every asset in-process")
+    p.add_argument("paths", nargs="+", help="video files")
+    p.add_argument("--episode", help="episode key (default: derived from the file name)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_ingest)
+    p = sub.add_parser("backfill", help="re-run the real shot partitions of these episodes (one run each)")
+    p.add_argument("episodes", nargs="+")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_backfill)
+    p = sub.add_parser("status", help="episodes, shots and LanceDB rows")
+    p.set_defaults(func=cmd_status)
+    args = parser.parse_args(argv)
+    _dagster_home()
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
