@@ -126,6 +126,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             raise VideoError(path, f"video stream cannot be decoded: {_ffmpeg_reason(e)}") from None
         if first is None:
             raise VideoError(path, "video stream has no decodable frames")
+        _check_tail(container, stream, duration, path)
         return VideoInfo(
             path=str(path), width=first.width, height=first.height, fps=fps, n_frames=n,
             duration=duration, codec=ctx.name, pix_fmt=first.format.name,
@@ -133,6 +134,20 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         )
     finally:
         container.close()
+
+
+def _check_tail(container, stream, duration: float, path) -> None:
+    """Seek near the end and decode one frame: a truncated file fails here, before any work."""
+    if duration <= 0 or stream.time_base is None:
+        return
+    target = int((stream.start_time or 0) + 0.9 * duration / stream.time_base)
+    try:
+        container.seek(target, stream=stream, backward=True, any_frame=False)
+        frame = next(container.decode(stream), None)
+    except (av.error.FFmpegError, ValueError, StopIteration):
+        frame = None
+    if frame is None:
+        raise VideoError(path, f"truncated or corrupt: no frame decodes near the end ({duration:.1f} s declared)")
 
 
 @dataclass
@@ -172,6 +187,9 @@ def iter_frames(path: str | os.PathLike, *, threads: bool = True) -> Iterator[De
             raise VideoError(path, f"decoding failed after frame {index}: {_ffmpeg_reason(e)}") from None
         if index == 0:
             raise VideoError(path, "video stream has no decodable frames")
+        declared = stream.frames or 0
+        if declared > 10 and index < 0.9 * declared:
+            raise VideoError(path, f"truncated: decoded {index} of {declared} frames")
     finally:
         container.close()
 
