@@ -67,10 +67,13 @@ class CleanFrameParams:
     """... unless the difference is spread over the whole frame: the threshold is raised to
     noise_factor x the 90th percentile of the window means (grain, encoder pumping, and
     after camera alignment the resampling blur that follows every edge) ..."""
-    hold_cap: float = 8.0
-    """... but never above hold_cap (unaligned comparison) ..."""
+    hold_cap: float = 4.5
+    """... but never above hold_cap (comparison without a camera move: a dissolve's tail or
+    a slow fade is a global, faint change, and must not pass as a hold) ..."""
     pan_cap: float = 12.0
-    """... or pan_cap (comparison after undoing a camera move)."""
+    """... or pan_cap (comparison after undoing a camera move of at least min_pan_shift)."""
+    min_pan_shift: float = 0.1
+    """Camera shifts (analysis px) below this are no camera move (hold_cap applies)."""
     max_pan_shift_frac: float = 0.45
     """Largest shift (fraction of the image size) the phase correlation is trusted for."""
     min_overlap: float = 0.3
@@ -85,8 +88,10 @@ class CleanFrameParams:
     white_p1: float = 200.0
     flash_max_frames: int = 4
     """Flash / impact bursts are at most this many frames long."""
-    flash_area: float = 0.4
-    """A burst frame differs (beyond hold_threshold) from both sides over at least this fraction of windows ..."""
+    flash_level: float = 24.0
+    flash_area: float = 0.5
+    """A burst frame differs by >= flash_level (window mean, after camera alignment) from
+    the frames on both sides over at least flash_area of the picture ..."""
     flash_luma_delta: float = 20.0
     """... or its mean luma jumps by at least this much vs both sides."""
     min_quality: float = 0.05
@@ -177,8 +182,8 @@ def _aligned_map(ref: np.ndarray, cur: np.ndarray, d0: np.ndarray, dx: float, dy
                  p: CleanFrameParams) -> tuple[np.ndarray | None, float]:
     """Block map of `cur` vs `ref` after undoing a (dx, dy) camera shift, and the overlap.
 
-    A window counts as matched if it matches either aligned or unaligned (`d0`, the
-    unaligned block map): a still layer over a panning one, or the other way round.
+    Only a move of the WHOLE picture is a camera move: a character that moves relative
+    to the background is a new drawing, so every window must match after alignment.
     Windows outside the overlap (newly revealed area) are not evidence and are zeroed.
     """
     h, w = ref.shape
@@ -197,7 +202,7 @@ def _aligned_map(ref: np.ndarray, cur: np.ndarray, d0: np.ndarray, dx: float, dy
     y1 = h - max(0, int(np.ceil(dy))) - e
     if x1 <= x0 or y1 <= y0:
         return None, 0.0
-    r = np.minimum(d0, d1)
+    r = d1
     r[:, :x0] = 0
     r[:, x1:] = 0
     r[:y0] = 0
@@ -212,7 +217,8 @@ def _pan_match(ref: np.ndarray, cur: np.ndarray, d0: np.ndarray, dx: float, dy: 
     r, overlap = _aligned_map(ref, cur, d0, dx, dy, p)
     if r is None or overlap < p.min_overlap:
         return False, overlap
-    score, thr = _verdict(r, p, p.pan_cap)
+    cap = p.pan_cap if np.hypot(dx, dy) >= p.min_pan_shift else p.hold_cap
+    score, thr = _verdict(r, p, cap)
     return score < thr, overlap
 
 
@@ -433,18 +439,16 @@ def select_shot_frames(
             i += 1
             continue
         before = idx[cands[i - 1]]
-        # try runs cands[i..j] of at most flash_max_frames frames
+        # try runs cands[i..j] of at most flash_max_frames frames, ending where the
+        # picture settles (the next candidate), very different from both sides
         for j in range(i, len(cands)):
-            if idx[cands[j]] - idx[k0] + 1 > p.flash_max_frames:
-                break
-            if j + 1 >= len(cands):
+            if j + 1 >= len(cands) or idx[cands[j + 1]] - idx[k0] > p.flash_max_frames:
                 break
             after = idx[cands[j + 1]]
-            run = [idx[c] for c in cands[i:j + 1]]
-            if _same(prepped[before], prepped[after], p, al) and all(
-                    _burst_frame(prepped[f], prepped[before], prepped[after],
-                                 luma, idx, f, before, after, p) for f in run):
-                flash.update(run)
+            run = [c for c in cands[i:j + 1]]
+            if all(_burst_frame(prepped[idx[c]], prepped[before], prepped[after], luma[c],
+                                luma[cands[i - 1]], luma[cands[j + 1]], p, al) for c in run):
+                flash.update(idx[c] for c in run)
                 i = j  # continue after the run
                 break
         i += 1
@@ -504,18 +508,23 @@ def select_shot_frames(
     return ShotSelection(kept=kept, keyframes=_keyframes(kept, quality, idx, p), dropped=dropped)
 
 
-def _burst_frame(x: np.ndarray, before: np.ndarray, after: np.ndarray, luma: np.ndarray,
-                 idx: list[int], f: int, fb: int, fa: int, p: CleanFrameParams) -> bool:
-    """A frame of a flash / impact burst: globally different from both sides."""
-    pos = {v: k for k, v in enumerate(idx)}
-    lx, lb, la = luma[pos[f]], luma[pos[fb]], luma[pos[fa]]
+def _burst_frame(x: np.ndarray, before: np.ndarray, after: np.ndarray, lx: float, lb: float,
+                 la: float, p: CleanFrameParams, win: dict) -> bool:
+    """A frame of a flash / impact burst: globally very different from both sides."""
     if abs(lx - lb) >= p.flash_luma_delta and abs(lx - la) >= p.flash_luma_delta:
         return True
-    for other in (before, after):
-        m = _block_map(other, x, p)
-        if float((m >= p.hold_threshold).mean()) < p.flash_area:
-            return False
-    return True
+    return all(_strong_area(o, x, p, win) >= p.flash_area for o in (before, after))
+
+
+def _strong_area(a: np.ndarray, b: np.ndarray, p: CleanFrameParams, win: dict) -> float:
+    """Fraction of the picture whose window mean diff is >= flash_level, after alignment."""
+    m = _block_map(a, b, p)
+    dx, dy = _phase_shift(a, b, win)
+    if np.hypot(dx, dy) >= p.min_pan_shift:
+        r, overlap = _aligned_map(a, b, m, dx, dy, p)
+        if r is not None and overlap >= p.min_overlap:
+            m = r
+    return float(np.count_nonzero(m >= p.flash_level)) / m.size
 
 
 def _keyframes(kept: list[int], quality: Mapping[int, float], idx: list[int],
