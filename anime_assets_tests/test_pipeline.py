@@ -1,0 +1,160 @@
+"""End to end through Dagster: ingest, partitions, LanceDB rows, re-runs, bad input, a second episode.
+
+Runs the real CLI in-process against a fresh Dagster instance and data root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from anime_assets import cli
+from anime_assets.defs.partitions import EPISODES, SHOTS, ensure_shot_keys
+from anime_assets.defs.resources import StorageResource
+from anime_assets.definitions import ALL_ASSETS, defs, resources
+from anime_assets.defs.sensors import SHOT_ASSETS, episode_inbox, next_stage_requests
+from anime_assets.defs.shots import clean_frames, frame_embeddings
+from anime_assets.defs.episodes import frame_index, shot_boundaries
+from anime_assets_tests.fixtures import clips
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "samples" / "sample_episode.mp4"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    (tmp / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    old = {k: os.environ.get(k) for k in ("DAGSTER_HOME", "ANIME_ASSETS_DATA")}
+    os.environ["DAGSTER_HOME"] = str(tmp)
+    os.environ["ANIME_ASSETS_DATA"] = str(tmp / "data")
+    yield tmp
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def ingested(env):
+    assert cli.main(["ingest", str(SAMPLE), "--episode", "ep01", "--quiet"]) == 0
+    return dg.DagsterInstance.get()
+
+
+def _kept_frames(storage: StorageResource, episode: str, n_shots: int) -> int:
+    total = 0
+    for i in range(n_shots):
+        doc = json.loads((storage.media().partition_dir("clean_frames", episode, f"s{i:04d}") / "frames.json").read_text())
+        total += doc["kept"]
+    return total
+
+
+def _materialized(instance, asset) -> set[str]:
+    return set(instance.get_materialized_partitions(asset.key))
+
+
+def test_definitions_load():
+    repo = defs.get_repository_def()
+    keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
+    assert {"source_video", "frame_index", "shot_boundaries", "clean_frames", "frame_embeddings",
+            "episode_clusters", "season_clusters"} <= keys
+    assert {s.name for s in repo.sensor_defs} == {"episode_inbox", "episode_pipeline"}
+
+
+def test_ingest_registers_episode_shots_and_fills_lancedb(ingested):
+    instance = ingested
+    storage = StorageResource()
+    assert instance.get_dynamic_partitions(EPISODES) == ["ep01"]
+    shots = json.loads((storage.media().partition_dir("shot_boundaries", "ep01") / "shots.json").read_text())
+    n = len(shots["shots"])
+    truth = clips.GroundTruth.load(SAMPLE.with_suffix(".truth.json"))
+    assert n == len(truth.shots)
+    assert instance.get_dynamic_partitions(SHOTS)[:n] == [f"s{i:04d}" for i in range(n)]
+    real = {f"ep01|s{i:04d}" for i in range(n)}
+    assert _materialized(instance, clean_frames) == real
+    assert _materialized(instance, frame_embeddings) == real
+    tables = storage.tables()
+    tables.open_frames()
+    kept = _kept_frames(storage, "ep01", n)
+    assert kept > 0 and tables.count("ep01") == kept
+    ids = tables.read_partition("ep01", columns=["id"]).column("id").to_pylist()
+    assert len(ids) == len(set(ids))
+    labels = tables.read_partition("ep01", columns=["cluster_episode", "umap_x"])
+    assert labels.num_rows == kept  # clustering wrote back to every row
+    checks = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=frame_embeddings.key), limit=1).records
+    assert checks
+
+
+def test_rerun_replaces_rows_exactly(ingested):
+    storage = StorageResource()
+    tables = storage.tables()
+    tables.open_frames()
+    before = tables.read_partition("ep01", columns=["id", "frame_index"]).to_pylist()
+    assert cli.main(["backfill", "ep01", "--quiet"]) == 0
+    after = tables.read_partition("ep01", columns=["id", "frame_index"]).to_pylist()
+    assert after == before
+
+
+def test_shot_that_does_not_exist_fails_at_once_saying_how_many(ingested):
+    instance = ingested
+    storage = StorageResource()
+    n = len(json.loads((storage.media().partition_dir("shot_boundaries", "ep01") / "shots.json").read_text())["shots"])
+    ensure_shot_keys(instance, n + 5)  # as if another episode were longer
+    result = dg.materialize(ALL_ASSETS, selection=[clean_frames.key], instance=instance, resources=resources(),
+                            partition_key=f"ep01|s{n + 2:04d}", raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert f"episode ep01 has {n} shots" in failure.step_failure_data.user_failure_data.description
+
+
+def test_bad_file_fails_alone_with_one_line_and_writes_nothing(ingested, tmp_path, capsys):
+    bad = tmp_path / "broken episode.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64)
+    media_before = sorted(p.relative_to(StorageResource().media().root) for p in StorageResource().media().root.rglob("*"))
+    assert cli.main(["ingest", str(bad), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[-1]] and err[-1].startswith("error: broken episode.mp4: ")
+    assert "broken_episode" not in ingested.get_dynamic_partitions(EPISODES)
+    media_after = sorted(p.relative_to(StorageResource().media().root) for p in StorageResource().media().root.rglob("*"))
+    assert media_after == media_before
+
+
+def test_second_episode_touches_nothing_of_the_first(ingested):
+    instance = ingested
+    storage = StorageResource()
+    counts = {a.key: len(instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=a.key, asset_partitions=None),
+                                                         limit=10000).records) for a in (frame_index, clean_frames)}
+    ep01_ids = storage.tables()
+    ep01_ids.open_frames()
+    before = ep01_ids.read_partition("ep01", columns=["id", "updated_at"]).to_pylist()
+    cut_clip, _ = clips.standard_clips()["cuts"]
+    assert cli.main(["ingest", str(cut_clip), "--episode", "ep02", "--quiet"]) == 0
+    for asset in (frame_index, clean_frames):
+        recs = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=asset.key), limit=10000).records
+        new = [r for r in recs][: len(recs) - counts[asset.key]]
+        assert all(not r.partition_key.startswith("ep01") for r in new)
+    assert ep01_ids.read_partition("ep01", columns=["id", "updated_at"]).to_pylist() == before
+
+
+def test_sensors_register_new_files_and_request_only_real_shots(ingested):
+    instance = ingested
+    storage = StorageResource()
+    inbox = storage.episodes_dir()
+    src = inbox / "ep01.mp4"
+    new = inbox / "Episode 03.mp4"
+    shutil.copyfile(src, new)
+    os.utime(new, (0, 0))  # settled long ago
+    with dg.build_sensor_context(instance=instance, resources={"storage": storage}) as ctx:
+        result = episode_inbox(ctx)
+    assert [r.partition_key for r in result.run_requests] == ["episode_03"]
+    assert result.dynamic_partitions_requests[0].partition_keys == ["episode_03"]
+    new.unlink()
+    # CLI runs are left to the CLI: the pipeline sensor requests nothing for them.
+    requests, cursor = next_stage_requests(instance, 0)
+    assert requests == [] and cursor > 0
