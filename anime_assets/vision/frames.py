@@ -70,10 +70,17 @@ class CleanFrameParams:
     hold_cap: float = 4.5
     """... but never above hold_cap (comparison without a camera move: a dissolve's tail or
     a slow fade is a global, faint change, and must not pass as a hold) ..."""
+    pan_threshold: float = 4.5
+    """Floor of the threshold after undoing a camera move (instead of hold_threshold):
+    moving content is resampled and re-encoded, never bit-identical."""
     pan_cap: float = 12.0
     """... or pan_cap (comparison after undoing a camera move of at least min_pan_shift)."""
     min_pan_shift: float = 0.1
     """Camera shifts (analysis px) below this are no camera move (hold_cap applies)."""
+    recent_candidates: int = 8
+    """The tracker also compares a changed frame with this many recent candidates (as is,
+    no camera move): a drawing that comes back (mouth flaps A B A B) is marked 'repeat'
+    online and not written again. 0 disables."""
     max_pan_shift_frac: float = 0.45
     """Largest shift (fraction of the image size) the phase correlation is trusted for."""
     min_overlap: float = 0.3
@@ -119,11 +126,11 @@ def exposure_class(gray: np.ndarray, params: CleanFrameParams | None = None) -> 
     """'black' | 'white' | None for a luma image (any resolution)."""
     p = params or CleanFrameParams()
     m = cv2.mean(gray)[0]
-    if m <= p.black_mean:
-        if np.percentile(gray, 99) <= p.black_p99:
+    if m <= p.black_mean:  # 99th percentile <= black_p99
+        if np.count_nonzero(gray > p.black_p99) <= 0.01 * gray.size:
             return "black"
-    elif m >= p.white_mean:
-        if np.percentile(gray, 1) >= p.white_p1:
+    elif m >= p.white_mean:  # 1st percentile >= white_p1
+        if np.count_nonzero(gray < p.white_p1) <= 0.01 * gray.size:
             return "white"
     return None
 
@@ -142,16 +149,18 @@ def _block_map(a: np.ndarray, b: np.ndarray, p: CleanFrameParams) -> np.ndarray:
     return cv2.blur(cv2.absdiff(a, b), (p.block, p.block), borderType=cv2.BORDER_REPLICATE)
 
 
-def _verdict(m: np.ndarray, p: CleanFrameParams, cap: float) -> tuple[float, float]:
+def _verdict(m: np.ndarray, p: CleanFrameParams, cap: float,
+             floor: float | None = None) -> tuple[float, float]:
     """(score, threshold) of a block map: changed iff score >= threshold."""
     score = float(m.max())
-    if score < p.hold_threshold:
-        return score, p.hold_threshold
+    floor = p.hold_threshold if floor is None else floor
+    if score < floor:
+        return score, floor
     b = p.block
     grid = np.ascontiguousarray(m[b // 2::b, b // 2::b]).ravel()
     k = int(0.9 * (grid.size - 1))
     p90 = float(np.partition(grid, k)[k])
-    return score, min(cap, max(p.hold_threshold, p.noise_factor * p90))
+    return score, min(cap, max(floor, p.noise_factor * p90))
 
 
 def _grid_change(a: np.ndarray, b: np.ndarray, p: CleanFrameParams) -> float:
@@ -168,20 +177,64 @@ def block_change(a: np.ndarray, b: np.ndarray, params: CleanFrameParams | None =
 
 
 def _phase_shift(ref: np.ndarray, cur: np.ndarray, win: dict) -> tuple[float, float]:
-    """(dx, dy) such that cur(x + dx, y + dy) ~ ref(x, y), by windowed phase correlation."""
+    """(dx, dy) such that cur(x + dx, y + dy) ~ ref(x, y): windowed phase correlation on
+    half-size copies (coarse, ~0.2 px; `_refine_shift` polishes it)."""
     h, w = ref.shape
-    hw = win.get((h, w))
+    size = (w // 2, h // 2)
+    hw = win.get(size)
     if hw is None:
-        hw = win[(h, w)] = cv2.createHanningWindow((w, h), cv2.CV_32F)
-    # copies: cv2.phaseCorrelate (OpenCV 5) windows its inputs in place
-    (dx, dy), _ = cv2.phaseCorrelate(ref.copy(), cur.copy(), hw)
-    return float(dx), float(dy)
+        hw = win[size] = cv2.createHanningWindow(size, cv2.CV_32F)
+    # fresh copies: cv2.phaseCorrelate (OpenCV 5) windows its inputs in place
+    a = cv2.resize(ref, size, interpolation=cv2.INTER_AREA)
+    b = cv2.resize(cur, size, interpolation=cv2.INTER_AREA)
+    (dx, dy), _ = cv2.phaseCorrelate(a, b, hw)
+    return 2.0 * float(dx), 2.0 * float(dy)
+
+
+def _refine_shift(ref: np.ndarray, cur: np.ndarray, dx: float, dy: float,
+                  iters: int = 2) -> tuple[float, float]:
+    """Lucas-Kanade refinement of a global translation (phase correlation's sub-pixel
+    estimate is biased towards whole pixels): least squares of ref(x) = cur(x + s)."""
+    h, w = ref.shape
+    for _ in range(iters):
+        m = np.float32([[1, 0, dx], [0, 1, dy]])
+        wc = cv2.warpAffine(cur, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                            borderMode=cv2.BORDER_REPLICATE)
+        x0 = max(0, int(np.ceil(-dx))) + 2
+        x1 = w - max(0, int(np.ceil(dx))) - 2
+        y0 = max(0, int(np.ceil(-dy))) + 2
+        y1 = h - max(0, int(np.ceil(dy))) - 2
+        if x1 - x0 < 8 or y1 - y0 < 8:
+            break
+        c = wc[y0 - 1:y1 + 1, x0 - 1:x1 + 1]
+        gx = 0.5 * (c[1:-1, 2:] - c[1:-1, :-2])
+        gy = 0.5 * (c[2:, 1:-1] - c[:-2, 1:-1])
+        e = ref[y0:y1, x0:x1] - c[1:-1, 1:-1]
+        a11 = float(np.vdot(gx, gx))
+        a12 = float(np.vdot(gx, gy))
+        a22 = float(np.vdot(gy, gy))
+        b1 = float(np.vdot(gx, e))
+        b2 = float(np.vdot(gy, e))
+        det = a11 * a22 - a12 * a12
+        if det <= 1e-6 * (a11 + a22) ** 2 or det == 0:
+            break
+        ux = (a22 * b1 - a12 * b2) / det
+        uy = (a11 * b2 - a12 * b1) / det
+        if abs(ux) > 1.5 or abs(uy) > 1.5:  # not a small correction: keep the estimate
+            break
+        dx, dy = dx + ux, dy + uy
+        if abs(ux) < 0.01 and abs(uy) < 0.01:
+            break
+    return dx, dy
 
 
 def _aligned_map(ref: np.ndarray, cur: np.ndarray, d0: np.ndarray, dx: float, dy: float,
                  p: CleanFrameParams) -> tuple[np.ndarray | None, float]:
     """Block map of `cur` vs `ref` after undoing a (dx, dy) camera shift, and the overlap.
 
+    Both images are warped half way (ref by -s/2, cur by +s/2) so that both get the same
+    amount of interpolation blur: warping only one of them blurs thin lines that the
+    other keeps sharp, and that residual would look like a change of drawing.
     Only a move of the WHOLE picture is a camera move: a character that moves relative
     to the background is a new drawing, so every window must match after alignment.
     Windows outside the overlap (newly revealed area) are not evidence and are zeroed.
@@ -189,24 +242,24 @@ def _aligned_map(ref: np.ndarray, cur: np.ndarray, d0: np.ndarray, dx: float, dy
     h, w = ref.shape
     if abs(dx) >= p.max_pan_shift_frac * w or abs(dy) >= p.max_pan_shift_frac * h:
         return None, 0.0
-    m = np.float32([[1, 0, dx], [0, 1, dy]])
-    warped = cv2.warpAffine(cur, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                            borderMode=cv2.BORDER_REPLICATE)
-    d1 = _block_map(ref, warped, p)
-    # valid ref x: 0 <= x + dx <= w - 1, shrunk by the reach of the blur and the window
-    # (both images' borders were blurred with reflected, not real, content)
-    e = p.block // 2 + int(np.ceil(2 * p.blur_sigma)) + 1
-    x0 = max(0, int(np.ceil(-dx))) + e
-    x1 = w - max(0, int(np.ceil(dx))) - e
-    y0 = max(0, int(np.ceil(-dy))) + e
-    y1 = h - max(0, int(np.ceil(dy))) - e
-    if x1 <= x0 or y1 <= y0:
+    hx, hy = 0.5 * dx, 0.5 * dy
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    wr = cv2.warpAffine(ref, np.float32([[1, 0, -hx], [0, 1, -hy]]), (w, h), flags=flags,
+                        borderMode=cv2.BORDER_REPLICATE)
+    wc = cv2.warpAffine(cur, np.float32([[1, 0, hx], [0, 1, hy]]), (w, h), flags=flags,
+                        borderMode=cv2.BORDER_REPLICATE)
+    r = _block_map(wr, wc, p)
+    # valid x: both x - s/2 and x + s/2 inside the image, shrunk by the reach of the blur
+    # and of the window (the images' borders were blurred with reflected content)
+    e = p.block // 2 + int(np.ceil(2 * p.blur_sigma)) + 3
+    mx = int(np.ceil(abs(hx))) + e
+    my = int(np.ceil(abs(hy))) + e
+    if w - 2 * mx <= 0 or h - 2 * my <= 0:
         return None, 0.0
-    r = d1
-    r[:, :x0] = 0
-    r[:, x1:] = 0
-    r[:y0] = 0
-    r[y1:] = 0
+    r[:, :mx] = 0
+    r[:, w - mx:] = 0
+    r[:my] = 0
+    r[h - my:] = 0
     overlap = (w - abs(dx)) * (h - abs(dy)) / float(w * h)
     return r, overlap
 
@@ -217,8 +270,10 @@ def _pan_match(ref: np.ndarray, cur: np.ndarray, d0: np.ndarray, dx: float, dy: 
     r, overlap = _aligned_map(ref, cur, d0, dx, dy, p)
     if r is None or overlap < p.min_overlap:
         return False, overlap
-    cap = p.pan_cap if np.hypot(dx, dy) >= p.min_pan_shift else p.hold_cap
-    score, thr = _verdict(r, p, cap)
+    if np.hypot(dx, dy) >= p.min_pan_shift:
+        score, thr = _verdict(r, p, p.pan_cap, p.pan_threshold)
+    else:
+        score, thr = _verdict(r, p, p.hold_cap)
     return score < thr, overlap
 
 
@@ -247,6 +302,7 @@ class DrawingTracker:
         self._base_shift = (0.0, 0.0)
         self._last = (0.0, 0.0)
         self._vel = (0.0, 0.0)
+        self._recent: list[tuple[int, np.ndarray]] = []  # (index, prepped) of recent candidates
         self.n_candidates = 0
 
     def push(self, index: int, gray: np.ndarray) -> FrameDecision:
@@ -269,14 +325,18 @@ class DrawingTracker:
                 self._vel = (0.0, 0.0)
                 return FrameDecision(False, "hold", self._ref_index, None, change)
 
-        # camera move: try the shift predicted from the pan's velocity, then measure it
-        tries = []
-        if self._vel != (0.0, 0.0):
-            tries.append((self._last[0] + self._vel[0], self._last[1] + self._vel[1]))
-        tries.append(None)
-        for s in tries:
-            if s is None:
-                s = _phase_shift(base, g, self._win)
+        # camera move: try the shift predicted from the pan's velocity (as is, then
+        # refined), then measure it by phase correlation (as is, then refined)
+        tries = ["pred", "pred+"] if self._vel != (0.0, 0.0) else []
+        tries.append("phase+")
+        s = (0.0, 0.0)
+        for t in tries:
+            if t == "pred":
+                s = (self._last[0] + self._vel[0], self._last[1] + self._vel[1])
+            elif t == "pred+":
+                s = _refine_shift(base, g, *s, iters=1)
+            else:
+                s = _refine_shift(base, g, *_phase_shift(base, g, self._win))
             ok, overlap = _pan_match(base, g, d0, s[0], s[1], p)
             if ok:
                 self._vel = (s[0] - self._last[0], s[1] - self._last[1])
@@ -285,12 +345,26 @@ class DrawingTracker:
                 if overlap < p.rebase_overlap:
                     self._base, self._base_shift, self._last = g, tot, (0.0, 0.0)
                 return FrameDecision(False, "pan", self._ref_index, tot, change)
+        # a drawing seen a moment ago (A B A)? then it becomes the reference again
+        for k in range(len(self._recent) - 2, -1, -1):  # the last one is the ref itself
+            j, r = self._recent[k]
+            score, thr = _verdict(_block_map(r, g, p), p, p.hold_cap)
+            if score < thr:
+                self._recent.append(self._recent.pop(k))
+                self._set_ref(j, r)
+                return FrameDecision(False, "repeat", j, None, change)
         return self._new_candidate(index, g, change)
 
-    def _new_candidate(self, index: int, g: np.ndarray, change: float) -> FrameDecision:
+    def _set_ref(self, index: int, g: np.ndarray) -> None:
         self._ref, self._ref_index = g, index
         self._base, self._base_shift = None, (0.0, 0.0)
         self._last, self._vel = (0.0, 0.0), (0.0, 0.0)
+
+    def _new_candidate(self, index: int, g: np.ndarray, change: float) -> FrameDecision:
+        self._set_ref(index, g)
+        if self.p.recent_candidates > 0:
+            self._recent.append((index, g))
+            del self._recent[:-self.p.recent_candidates]
         self.n_candidates += 1
         return FrameDecision(True, None, None, None, change)
 
@@ -361,7 +435,7 @@ def _same(ra: np.ndarray, rb: np.ndarray, p: CleanFrameParams, win: dict) -> boo
     score, thr = _verdict(d0, p, p.hold_cap)
     if score < thr:
         return True
-    dx, dy = _phase_shift(ra, rb, win)
+    dx, dy = _refine_shift(ra, rb, *_phase_shift(ra, rb, win))
     return _pan_match(ra, rb, d0, dx, dy, p)[0]
 
 
