@@ -272,6 +272,7 @@ def test_model_switch_archives_old_table(tmp_path):
     assert reader.open_frames() is None and reader.dim == 16
 
 
+@pytest.mark.filterwarnings("ignore:optimize\\(cleanup_older_than=0\\)")
 def test_version_pinning_and_optimize(tmp_path):
     tables = open_tables(tmp_path / "db")
     tables.replace_partition("ep01", "s0000", make_rows("ep01", "s0000", 3))
