@@ -54,17 +54,19 @@ def transition_frames(truth) -> set[int]:
     return out
 
 
-def run_pipeline(path, truth, params: CleanFrameParams | None = None, analysis=None):
+def run_pipeline(path, truth, params: CleanFrameParams | None = None, analysis=None, repeat: int = 1):
     """Online tracker over the whole clip, then the final pass per truth shot.
 
+    The tracker pass is timed `repeat` times (fresh tracker each time); the fastest counts.
     Returns dict(decisions, selections {shot: ShotSelection}, kept, candidates, ms_per_frame, quality).
     """
     a = analysis if analysis is not None else read_analysis(path)
-    tr = DrawingTracker(params)
-    push = tr.push
-    t0 = time.perf_counter()
-    decisions = [push(i, g) for i, g in enumerate(a.gray)]
-    ms = (time.perf_counter() - t0) * 1e3 / max(1, len(decisions))
+    ms = float("inf")
+    for _ in range(max(1, repeat)):
+        push = DrawingTracker(params).push
+        t0 = time.perf_counter()
+        decisions = [push(i, g) for i, g in enumerate(a.gray)]
+        ms = min(ms, (time.perf_counter() - t0) * 1e3 / max(1, len(decisions)))
     cands = [i for i, d in enumerate(decisions) if d.candidate]
     quality = {}
     for i, bgr in read_frames_bgr(path, cands).items():
@@ -124,7 +126,10 @@ def mpdecimate_kept(path, fps: float) -> list[int]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", default="640x360")
-    ap.add_argument("--clips", default="cuts,drawings,sample")
+    ap.add_argument("--clips", default="cuts,drawings,sample",
+                    help="standard clip names, and/or 'episode' (a seeded random episode, see --minutes)")
+    ap.add_argument("--minutes", type=float, default=2.0, help="length of the 'episode' clip")
+    ap.add_argument("--repeat", type=int, default=3, help="time the tracker pass this many times, keep the best")
     ap.add_argument("-v", "--verbose", action="store_true", help="list lost / repeated / junk frames")
     args = ap.parse_args(argv)
     w, h = (int(x) for x in args.size.split("x"))
@@ -132,6 +137,15 @@ def main(argv=None) -> int:
     from anime_assets_tests.fixtures import clips as fx
 
     clips = fx.standard_clips(size=(w, h))
+    if "episode" in args.clips.split(","):
+        ep = fx.cache_dir() / f"episode_{args.minutes:g}min_seed1_{w}x{h}.mp4"
+        tp = ep.with_suffix(".truth.json")
+        if ep.exists() and tp.exists():
+            gt = fx.GroundTruth.load(tp)
+        else:
+            gt = fx.build_clip(fx.episode_spec(args.minutes, seed=1), ep, size=(w, h))
+            gt.save(tp)
+        clips["episode"] = (ep, gt)
     hdr = f"{'clip':10s} {'method':12s} {'frames':>6s} {'drawings':>8s} {'kept':>5s} {'lost':>5s} " \
           f"{'repeat%':>8s} {'junk':>5s} {'cands':>6s} {'ms/frame':>9s}"
     print(f"clean frames vs ground truth, clips {w}x{h}")
@@ -139,7 +153,7 @@ def main(argv=None) -> int:
     print("-" * len(hdr))
     for name in args.clips.split(","):
         path, truth = clips[name]
-        r = run_pipeline(path, truth)
+        r = run_pipeline(path, truth, repeat=args.repeat)
         s = score(truth, r["kept"])
         print(f"{name:10s} {'frames.py':12s} {truth.n_frames:6d} {s['drawings']:8d} {s['kept']:5d} {s['lost']:5d} "
               f"{100 * s['repeat_rate']:7.1f}% {s['junk']:5d} {len(r['candidates']):6d} {r['ms_per_frame']:9.3f}")

@@ -70,11 +70,17 @@ class CleanFrameParams:
     hold_cap: float = 4.5
     """... but never above hold_cap (comparison without a camera move: a dissolve's tail or
     a slow fade is a global, faint change, and must not pass as a hold) ..."""
-    pan_threshold: float = 4.5
+    pan_threshold: float = 6.0
     """Floor of the threshold after undoing a camera move (instead of hold_threshold):
     moving content is resampled and re-encoded, never bit-identical."""
     pan_cap: float = 12.0
     """... or pan_cap (comparison after undoing a camera move of at least min_pan_shift)."""
+    still_area: float = 0.02
+    """A camera move moves EVERYTHING: if at least this fraction of the picture matches
+    clearly better unshifted (d0 < hold_threshold and d0 + still_margin < aligned diff),
+    part of the picture stood still while another part moved - a character bob or a
+    character sliding over a still background, i.e. a new drawing, not a pan."""
+    still_margin: float = 1.0
     min_pan_shift: float = 0.1
     """Camera shifts (analysis px) below this are no camera move (hold_cap applies)."""
     recent_candidates: int = 8
@@ -249,6 +255,12 @@ def _aligned_map(ref: np.ndarray, cur: np.ndarray, d0: np.ndarray, dx: float, dy
     wc = cv2.warpAffine(cur, np.float32([[1, 0, hx], [0, 1, hy]]), (w, h), flags=flags,
                         borderMode=cv2.BORDER_REPLICATE)
     r = _block_map(wr, wc, p)
+    if np.hypot(dx, dy) >= p.min_pan_shift:
+        # windows that stood still (in cur's frame of reference this is a shift of the
+        # unaligned map by s/2; at these small scales the unshifted map is close enough)
+        still = (d0 < p.hold_threshold) & (d0 + p.still_margin < r)
+    else:
+        still = None
     # valid x: both x - s/2 and x + s/2 inside the image, shrunk by the reach of the blur
     # and of the window (the images' borders were blurred with reflected content)
     e = p.block // 2 + int(np.ceil(2 * p.blur_sigma)) + 3
@@ -261,6 +273,13 @@ def _aligned_map(ref: np.ndarray, cur: np.ndarray, d0: np.ndarray, dx: float, dy
     r[:my] = 0
     r[h - my:] = 0
     overlap = (w - abs(dx)) * (h - abs(dy)) / float(w * h)
+    if still is not None:
+        still[:, :mx] = False
+        still[:, w - mx:] = False
+        still[:my] = False
+        still[h - my:] = False
+        if np.count_nonzero(still) >= p.still_area * still.size:
+            return None, overlap
     return r, overlap
 
 
@@ -502,37 +521,50 @@ def select_shot_frames(
         elif d.candidate and f in candidate_signatures:
             cands.append(k)
     prepped = {idx[k]: _prep(candidate_signatures[idx[k]], p) for k in cands}
+    cand_set = set(cands)
 
-    # 2. flash / impact bursts: a short run of candidates, each very different from the
-    #    frames around the run, after which the picture comes back to what it was.
-    flash: set[int] = set()
-    i = 0
-    while i < len(cands):
-        k0 = cands[i]
-        if i == 0:
-            i += 1
-            continue
-        before = idx[cands[i - 1]]
-        # try runs cands[i..j] of at most flash_max_frames frames, ending where the
-        # picture settles (the next candidate), very different from both sides
-        for j in range(i, len(cands)):
-            if j + 1 >= len(cands) or idx[cands[j + 1]] - idx[k0] > p.flash_max_frames:
-                break
-            after = idx[cands[j + 1]]
-            run = [c for c in cands[i:j + 1]]
-            if all(_burst_frame(prepped[idx[c]], prepped[before], prepped[after], luma[c],
-                                luma[cands[i - 1]], luma[cands[j + 1]], p, al) for c in run):
-                flash.update(idx[c] for c in run)
-                i = j  # continue after the run
-                break
-        i += 1
-    # frames that only hold a flash frame are flash too
+    # 2. flash / impact bursts. The shot as a sequence of runs of what is on screen (the
+    #    candidate a frame is, or holds / pans from / repeats); a burst is a short stretch
+    #    of runs (<= flash_max_frames frames) each very different from the runs on both
+    #    sides of the stretch (it's not the picture changing for good: the frames after
+    #    are compared, not assumed).
+    pos = {f: k for k, f in enumerate(idx)}
+    runs: list[list[int]] = []  # [state frame, first pos, last pos]
     for k, f in enumerate(idx):
         d = dec[k]
-        if f in flash:
-            dropped[f] = ("flash", None)
-        elif f not in dropped and not d.candidate and d.ref in flash:
-            dropped[f] = ("flash", None)
+        if f in dropped:
+            continue
+        st = f if k in cand_set else d.ref
+        if st not in prepped:
+            st = None
+        if runs and runs[-1][0] == st and runs[-1][2] == k - 1:
+            runs[-1][2] = k
+        else:
+            runs.append([st, k, k])
+    flash: set[int] = set()  # state frames of bursts
+    flash_pos: set[int] = set()
+    a = 1
+    while a < len(runs) - 1:
+        before = runs[a - 1][0]
+        hit = False
+        for b in range(a, len(runs) - 1):
+            if runs[b][2] - runs[a][1] + 1 > p.flash_max_frames:
+                break
+            after = runs[b + 1][0]
+            stretch = runs[a:b + 1]
+            if before is None or after is None or any(r[0] is None for r in stretch):
+                continue
+            if all(_burst_frame(prepped[r[0]], prepped[before], prepped[after], luma[pos[r[0]]],
+                                luma[pos[before]], luma[pos[after]], p, al) for r in stretch):
+                for r in stretch:
+                    flash.add(r[0])
+                    flash_pos.update(range(r[1], r[2] + 1))
+                a, hit = b + 1, True
+                break
+        if not hit:
+            a += 1
+    for k in flash_pos:
+        dropped[idx[k]] = ("flash", None)
 
     # 3. repeats of any earlier kept drawing (A B A); low quality
     kept: list[int] = []
