@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import cv2
 import numpy as np
 
 from anime_assets.storage.media import MediaStore, encode_image
@@ -92,8 +91,12 @@ class FrameIndex:
 class _CandidateWriter:
     """Background thread: full-res conversion, sharpness, encode, write. Bounded queue keeps memory flat."""
 
-    def __init__(self, folder: Path, fmt: str, quality: int):
+    def __init__(self, folder: Path, fmt: str, quality: int, views: decode.FrameViews):
         self.folder, self.fmt, self.quality = folder, fmt, quality
+        self.views = views
+        # Sharpness is scored on the Y plane at ~640 px wide: line art is still resolved there,
+        # and it costs a quarter of the half-resolution image at 1080p.
+        self.luma_step = max(1, views.width // 640)
         self.q: queue.Queue = queue.Queue(maxsize=8)
         self.quality_of: dict[int, float] = {}
         self.error: BaseException | None = None
@@ -116,9 +119,8 @@ class _CandidateWriter:
             try:
                 t0 = time.perf_counter()
                 index, frame = item
+                self.quality_of[index] = float(line_art_sharpness(self.views.luma(frame, self.luma_step)))
                 bgr = decode.to_bgr(frame)
-                gray_half = cv2.cvtColor(bgr[::2, ::2], cv2.COLOR_BGR2GRAY)
-                self.quality_of[index] = float(line_art_sharpness(gray_half))
                 data = encode_image(bgr, self.fmt, self.quality)
                 (self.folder / candidate_name(index, self.fmt)).write_bytes(data)
                 self.seconds += time.perf_counter() - t0
@@ -153,7 +155,7 @@ def build_frame_index(
     staging = store.staging_dir(ASSET, episode)
     cand_folder = staging / CANDIDATE_DIR
     cand_folder.mkdir(parents=True, exist_ok=True)
-    writer = _CandidateWriter(cand_folder, image_format, jpeg_quality)
+    writer = _CandidateWriter(cand_folder, image_format, jpeg_quality, views)
 
     pts, luma, small, change, cand, reason, ref, shift = [], [], [], [], [], [], [], []
     cand_idx, cand_gray = [], []

@@ -208,7 +208,7 @@ class FrameViews:
         self.gray_size = analysis_size(width, height, analysis_width)
         # Stride so that the area resize starts from at most ~2x the target: cheap and alias-free enough.
         self.step = max(1, width // (2 * analysis_width))
-        self.bt709 = height >= 720
+        self.bt709 = height >= 720  # the usual default when a file does not tag its colour matrix
 
     def views(self, frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray]:
         """(gray analysis image, 48x27 RGB) for one frame."""
@@ -220,36 +220,51 @@ class FrameViews:
         w, h = self.width, self.height
         y = _plane(frame, 0, w, h)
         s = self.step
-        gray = cv2.resize(y[::s, ::s], self.gray_size, interpolation=cv2.INTER_AREA)
+        # A contiguous strided copy first: cv2 would copy a strided view anyway, more slowly.
+        gray = cv2.resize(np.ascontiguousarray(y[::s, ::s]), self.gray_size, interpolation=cv2.INTER_AREA)
         cw, ch = -(-w // sx), -(-h // sy)
-        u = _plane(frame, 1, cw, ch)
-        v = _plane(frame, 2, cw, ch)
-        cs = max(1, s // sx)
+        cs = max(1, cw // (2 * SMALL_SIZE[0]))  # chroma only needs ~2x the 48x27 target
+        us = cv2.resize(np.ascontiguousarray(_plane(frame, 1, cw, ch)[::cs, ::cs]), SMALL_SIZE, interpolation=cv2.INTER_AREA)
+        vs = cv2.resize(np.ascontiguousarray(_plane(frame, 2, cw, ch)[::cs, ::cs]), SMALL_SIZE, interpolation=cv2.INTER_AREA)
         ys = cv2.resize(gray, SMALL_SIZE, interpolation=cv2.INTER_AREA)
-        us = cv2.resize(u[::cs, ::cs], SMALL_SIZE, interpolation=cv2.INTER_AREA)
-        vs = cv2.resize(v[::cs, ::cs], SMALL_SIZE, interpolation=cv2.INTER_AREA)
-        full_range = fmt.startswith("yuvj")
-        return gray, yuv_to_rgb(ys, us, vs, bt709=self.bt709, full_range=full_range)
+        space, rng = getattr(frame, "colorspace", 2), getattr(frame, "color_range", 0)
+        bt709 = space == 1 or (space not in (5, 6) and self.bt709)  # tags first (1: BT.709, 5/6: BT.601)
+        full = rng == 2 or (rng == 0 and fmt.startswith("yuvj"))
+        return gray, yuv_to_rgb(ys, us, vs, bt709=bt709, full_range=full)
+
+    def luma(self, frame: av.VideoFrame, step: int) -> np.ndarray:
+        """The Y plane subsampled by `step` (contiguous): a cheap grey image for per-candidate scores."""
+        if frame.format.name not in _PLANAR_8BIT:
+            frame = frame.reformat(format="yuv420p")
+        return np.ascontiguousarray(_plane(frame, 0, frame.width, frame.height)[::step, ::step])
+
+
+def _yuv_matrix(bt709: bool, full_range: bool) -> np.ndarray:
+    """3x4 affine matrix from (Y, U, V) bytes to (R, G, B)."""
+    if bt709:
+        kr, kb = 0.2126, 0.0722
+    else:
+        kr, kb = 0.299, 0.114
+    kg = 1.0 - kr - kb
+    ys, cs = (1.0, 1.0) if full_range else (255.0 / 219.0, 255.0 / 224.0)
+    yo = 0.0 if full_range else 16.0
+    rv = 2 * (1 - kr) * cs
+    bu = 2 * (1 - kb) * cs
+    gu = -2 * kb * (1 - kb) / kg * cs
+    gv = -2 * kr * (1 - kr) / kg * cs
+    m = np.array([[ys, 0.0, rv], [ys, gu, gv], [ys, bu, 0.0]], np.float64)
+    offset = -m @ np.array([yo, 128.0, 128.0])
+    return np.hstack([m, offset[:, None]]).astype(np.float32)
+
+
+_MATRICES = {(a, b): _yuv_matrix(a, b) for a in (False, True) for b in (False, True)}
 
 
 def yuv_to_rgb(y: np.ndarray, u: np.ndarray, v: np.ndarray, *, bt709: bool, full_range: bool) -> np.ndarray:
     """Small YUV planes (same size) -> RGB uint8, with the matrix and range of the source."""
-    yf = y.astype(np.float32)
-    uf = u.astype(np.float32) - 128.0
-    vf = v.astype(np.float32) - 128.0
-    if not full_range:
-        yf = (yf - 16.0) * (255.0 / 219.0)
-        uf *= 255.0 / 224.0
-        vf *= 255.0 / 224.0
-    if bt709:
-        r = yf + 1.5748 * vf
-        g = yf - 0.1873 * uf - 0.4681 * vf
-        b = yf + 1.8556 * uf
-    else:
-        r = yf + 1.402 * vf
-        g = yf - 0.344136 * uf - 0.714136 * vf
-        b = yf + 1.772 * uf
-    return np.clip(np.stack([r, g, b], axis=-1) + 0.5, 0, 255).astype(np.uint8)
+    yuv = cv2.merge([y, u, v]).astype(np.float32)
+    rgb = cv2.transform(yuv, _MATRICES[(bt709, full_range)])
+    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
 
 
 def to_bgr(frame: av.VideoFrame) -> np.ndarray:
