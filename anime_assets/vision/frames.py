@@ -120,7 +120,10 @@ class FrameDecision:
     candidate: bool
     reason: str | None  # why not a candidate (a REASONS code); None for candidates
     ref: int | None  # frame index this one holds / pans from (None for candidates)
-    shift: tuple[float, float] | None  # (dx, dy) camera translation vs ref, analysis px, when a pan
+    shift: tuple[float, float] | None
+    """When a pan: how far the picture content moved since `ref`, in analysis pixels:
+    this frame at (x + dx, y + dy) shows what `ref` shows at (x, y). A camera moving right
+    gives dx < 0."""
     change: float  # block change score vs the previous frame (grey levels), for plots
 
 
