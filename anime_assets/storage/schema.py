@@ -40,7 +40,7 @@ UPDATED_AT = "updated_at"
 
 # Columns written by the clustering step; everything else is written by the embedding step.
 CLUSTER_COLUMNS = (CLUSTER_EPISODE, CLUSTER_GLOBAL, CLUSTER_PROBABILITY, UMAP_X, UMAP_Y)
-NOISE_LABEL = -1  # HDBSCAN noise, and "not clustered yet"
+NOISE_LABEL = -1  # HDBSCAN noise; null cluster columns mean "not clustered yet"
 
 META_EMBEDDING_MODEL = b"embedding_model"
 META_DIM = b"dim"
