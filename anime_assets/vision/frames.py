@@ -423,31 +423,37 @@ def line_art_sharpness(gray: np.ndarray, min_contrast: float = 24.0) -> float:
     edge (central differences), whatever the step's height. The score is the median
     ratio over edge pixels, times 2, clipped to [0, 1]. Flat colour areas contribute
     nothing, so a frame with little line art is judged on the little it has.
-    Returns 0.0 for a frame with no edge at all. Meant for ~960x540 input (~3 ms).
+    Returns 0.0 for a frame with no edge at all. Meant for ~960x540 input (a few ms).
     """
     g = gray if gray.dtype == np.uint8 else np.clip(gray, 0, 255).astype(np.uint8)
     if g.ndim == 3:
         g = cv2.cvtColor(g, cv2.COLOR_BGR2GRAY)
     k = np.ones((9, 9), np.uint8)
-    rng = cv2.subtract(cv2.dilate(g, k), cv2.erode(g, k))  # local contrast, uint8
-    gf = g.astype(np.int16)
-    gx = np.abs(gf[1:-1, 2:] - gf[1:-1, :-2])  # 2 * central derivative, interior pixels
-    gy = np.abs(gf[2:, 1:-1] - gf[:-2, 1:-1])
-    r = rng[1:-1, 1:-1]
-    domx = gx >= gy
-    s = np.maximum(gx, gy)
+    rng = cv2.subtract(cv2.dilate(g, k), cv2.erode(g, k))  # local contrast
+    # 2 x central derivatives, |.| <= 255 so uint8 is exact
+    gx = cv2.convertScaleAbs(cv2.Sobel(g, cv2.CV_16S, 1, 0, ksize=1))
+    gy = cv2.convertScaleAbs(cv2.Sobel(g, cv2.CV_16S, 0, 1, ksize=1))
+    s = cv2.max(gx, gy)
     # edge centres: local maximum of the slope along its dominant direction
-    left, right = s[:, :-2], s[:, 2:]
-    up, down = s[:-2, :], s[2:, :]
-    c = s[1:-1, 1:-1]
-    peak_x = (c >= left[1:-1]) & (c > right[1:-1])
-    peak_y = (c >= up[:, 1:-1]) & (c > down[:, 1:-1])
-    mask = np.where(domx[1:-1, 1:-1], peak_x, peak_y) & (r[1:-1, 1:-1] >= min_contrast)
-    sv = c[mask].astype(np.float32)
+    # (uint8 0/255 masks combined with cv2 bitwise ops: much faster than numpy bools)
+    peak_x = cv2.compare(s, cv2.dilate(s, np.ones((1, 3), np.uint8)), cv2.CMP_GE)
+    peak_y = cv2.compare(s, cv2.dilate(s, np.ones((3, 1), np.uint8)), cv2.CMP_GE)
+    dom_x = cv2.compare(gx, gy, cv2.CMP_GE)
+    mask = cv2.bitwise_or(cv2.bitwise_and(peak_x, dom_x), cv2.bitwise_and(peak_y, cv2.bitwise_not(dom_x)))
+    mask = cv2.bitwise_and(mask, cv2.compare(rng, min_contrast, cv2.CMP_GE))
+    # not a flat or faint spot next to an edge: s * 8 > rng  <=>  s > rng // 8
+    mask = cv2.bitwise_and(mask, cv2.compare(s, rng >> 3, cv2.CMP_GT))
+    mask[:1] = mask[-1:] = 0  # image borders: one-sided derivatives
+    mask[:, :1] = mask[:, -1:] = 0
+    mask = mask != 0
+    sv = s[mask]
     if sv.size < 16:
         return 0.0
-    ratio = sv / (2.0 * r[1:-1, 1:-1][mask].astype(np.float32))  # slope per pixel / contrast
-    return float(np.clip(2.0 * np.median(ratio), 0.0, 1.0))
+    # slope per pixel / contrast = s / (2 r); median via a 1/256 histogram
+    ratio = sv.astype(np.float32) / (2.0 * rng[mask].astype(np.float32))
+    hist = np.bincount(np.minimum((ratio * 256).astype(np.int32), 256), minlength=257)
+    med = (int(np.searchsorted(np.cumsum(hist), (sv.size + 1) // 2)) + 0.5) / 256
+    return float(np.clip(2.0 * med, 0.0, 1.0))
 
 
 # ----------------------------------------------------------------------------------------
