@@ -1,6 +1,5 @@
 """Cluster assets: UMAP + HDBSCAN per episode, and across every episode."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,6 +1,5 @@
 """Episode-level assets: the source video, its one decode pass, its shots."""
 
-from __future__ import annotations
 
 import hashlib
 import time

@@ -7,7 +7,6 @@ at once naming how many shots the episode has. Dagster maps a shot partition to 
 episode partition by the shared `episode` dimension, which gives the lineage for free.
 """
 
-from __future__ import annotations
 
 import dagster as dg
 

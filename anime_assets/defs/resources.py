@@ -1,6 +1,5 @@
 """Configurable resources: where data lives, which models run. Set in the UI's launchpad or in code."""
 
-from __future__ import annotations
 
 import functools
 from pathlib import Path

@@ -8,7 +8,6 @@
 Run keys make every request idempotent, so a sensor tick that repeats itself launches nothing twice.
 """
 
-from __future__ import annotations
 
 import json
 import time

@@ -6,7 +6,6 @@ Dagster's per-run overhead is paid once per episode, not 400 times. A run for a 
 shot works the same way.
 """
 
-from __future__ import annotations
 
 import time
 
