@@ -11,6 +11,7 @@ For every standard fixture clip (anime_assets_tests/fixtures/clips.py) it prints
 * junk      kept frames without a drawing (flash, impact, black, transition frames)
 * cands     frames the ONLINE tracker marked as candidates (= full-res frames written)
 * ms/frame  DrawingTracker.push cost per frame (analysis images already decoded)
+* sharp ms  line_art_sharpness per candidate, on the half-resolution luma of the full frame
 
 The baseline row is ffmpeg's own `mpdecimate` filter (default parameters) run with the
 ffmpeg binary of imageio-ffmpeg and `showinfo` to list the frames it lets through:
@@ -69,10 +70,14 @@ def run_pipeline(path, truth, params: CleanFrameParams | None = None, analysis=N
         ms = min(ms, (time.perf_counter() - t0) * 1e3 / max(1, len(decisions)))
     cands = [i for i, d in enumerate(decisions) if d.candidate]
     quality = {}
+    sharp_s = 0.0
     for i, bgr in read_frames_bgr(path, cands).items():
         g = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
         h, w = g.shape
-        quality[i] = line_art_sharpness(cv2.resize(g, (w // 2, h // 2), interpolation=cv2.INTER_AREA))
+        half = cv2.resize(g, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+        t0 = time.perf_counter()
+        quality[i] = line_art_sharpness(half)
+        sharp_s += time.perf_counter() - t0
     luma = a.gray.reshape(len(a.gray), -1).mean(axis=1)
     trans = transition_frames(truth)
     sels, kept = {}, []
@@ -82,7 +87,8 @@ def run_pipeline(path, truth, params: CleanFrameParams | None = None, analysis=N
         sels[k] = sel
         kept += sel.kept
     return dict(decisions=decisions, selections=sels, kept=sorted(kept), candidates=cands,
-                ms_per_frame=ms, quality=quality, analysis=a)
+                ms_per_frame=ms, quality=quality, analysis=a,
+                sharpness_ms=sharp_s * 1e3 / max(1, len(quality)))
 
 
 def score(truth, kept) -> dict:
@@ -147,7 +153,7 @@ def main(argv=None) -> int:
             gt.save(tp)
         clips["episode"] = (ep, gt)
     hdr = f"{'clip':10s} {'method':12s} {'frames':>6s} {'drawings':>8s} {'kept':>5s} {'lost':>5s} " \
-          f"{'repeat%':>8s} {'junk':>5s} {'cands':>6s} {'ms/frame':>9s}"
+          f"{'repeat%':>8s} {'junk':>5s} {'cands':>6s} {'ms/frame':>9s} {'sharp ms':>9s}"
     print(f"clean frames vs ground truth, clips {w}x{h}")
     print(hdr)
     print("-" * len(hdr))
@@ -156,7 +162,8 @@ def main(argv=None) -> int:
         r = run_pipeline(path, truth, repeat=args.repeat)
         s = score(truth, r["kept"])
         print(f"{name:10s} {'frames.py':12s} {truth.n_frames:6d} {s['drawings']:8d} {s['kept']:5d} {s['lost']:5d} "
-              f"{100 * s['repeat_rate']:7.1f}% {s['junk']:5d} {len(r['candidates']):6d} {r['ms_per_frame']:9.3f}")
+              f"{100 * s['repeat_rate']:7.1f}% {s['junk']:5d} {len(r['candidates']):6d} {r['ms_per_frame']:9.3f} "
+              f"{r['sharpness_ms']:9.2f}")
         if args.verbose:
             print(f"    lost ids {s['lost_ids']}  repeats {s['repeat_frames']}  junk {s['junk_frames']}")
         t0 = time.perf_counter()

@@ -7,7 +7,7 @@ frames are worth keeping:
 * `DrawingTracker` runs ONLINE during the single decode pass. It sees every frame at
   analysis resolution (~256 px wide luma) and calls a frame a *candidate* only when it
   shows a drawing that differs from the last candidate. Only candidates are converted to
-  full-resolution RGB and written, so the tracker has to be cheap (~0.1 ms/frame) and
+  full-resolution RGB and written, so the tracker has to be cheap (~0.2 ms/frame) and
   stingy, but it must never miss a new drawing (a mouth-only change included).
 * `select_shot_frames` is the per-shot FINAL pass, run once shot boundaries are known.
   With the whole shot in view it drops candidates that repeat an earlier kept drawing
@@ -18,18 +18,30 @@ noise and makes the measure tolerant to sub-pixel jitter), then the absolute dif
 is averaged over every BxB window (a box filter) and the MAXIMUM window mean is the
 score. A mouth redrawn on a face is a few analysis pixels of strong line change: it
 fills a window and scores high, while compression noise, spread thinly over the whole
-frame, never does. Frames are compared with the LAST CANDIDATE, not the previous frame,
-so slow changes accumulate until they count.
+frame, never does. The threshold adapts to such spread-out differences (grain, encoder
+pumping; after alignment, resampling): it is raised to a multiple of the 90th
+percentile of the window means, up to a cap. Frames are compared with the LAST
+CANDIDATE, not the previous frame, so slow changes accumulate until they count.
 
 Camera moves: when a frame differs from the reference, the global translation is
-estimated by phase correlation (on a downscaled, Hann-windowed copy) and the frame is
-compared again after alignment, over the overlap only (newly revealed area is not
-evidence of a new drawing). Each window is "explained" if it matches under the camera
-shift or under no shift at all (a still character layer over a panning background, or
-the other way round). If every window is explained the frame shows the same drawing:
-reason 'pan'. During a pan the reference stays the pan's first candidate; the shift is
-accumulated (re-basing on the current frame when the overlap gets small) so a long pan
-over one drawing produces one candidate.
+predicted from the pan's velocity or measured by phase correlation (half size,
+Hann-windowed; cv2's sub-pixel peak is biased to whole pixels, so it is polished by a
+Lucas-Kanade step) and the frame is compared again after alignment, over the overlap
+only (newly revealed area is not evidence of a new drawing). Both images are warped
+half way so both get the same interpolation blur. Only a move of the WHOLE picture is
+a camera move: if a part of the picture clearly stood still (matches better unshifted)
+while the rest moved, it's a character moving over the background - a new drawing.
+If every window matches, the frame shows the same drawing: reason 'pan'. During a pan
+the reference stays the pan's first candidate; the shift is accumulated (re-basing on
+the current frame when the overlap gets small) so a long pan over one drawing produces
+one candidate.
+
+A-B-A online: a changed frame is also compared (as is) with the last few candidates; a
+drawing that comes back (mouth flaps) is marked 'repeat' of it and not written again.
+
+Black / white frames (`exposure_class`) are never candidates. Everything that needs
+the whole shot (repeats of any earlier drawing, flash / impact bursts, transitions,
+keyframes) is done by `select_shot_frames`.
 """
 
 from __future__ import annotations
@@ -44,7 +56,7 @@ import numpy as np
 REASONS = (
     "hold",  # same drawing as the reference candidate, camera still (drawn on twos/threes, held cel)
     "pan",  # same drawing as the reference, seen through a camera translation (pan / shake / bob)
-    "repeat",  # a candidate whose drawing was already kept earlier in the shot (A B A return)
+    "repeat",  # shows a drawing already kept earlier in the shot (A B A return); online: of a recent candidate
     "black",  # (near-)black frame
     "white",  # (near-)white frame
     "flash",  # part of a short flash / impact burst inside a shot (very different from both sides)
@@ -117,14 +129,22 @@ class CleanFrameParams:
 
 @dataclass
 class FrameDecision:
+    """The tracker's verdict on one frame.
+
+    reason: None for candidates; else 'hold' | 'pan' | 'repeat' (same drawing as `ref`)
+    or 'black' | 'white' (ref None).
+    """
+
     candidate: bool
-    reason: str | None  # why not a candidate (a REASONS code); None for candidates
-    ref: int | None  # frame index this one holds / pans from (None for candidates)
+    reason: str | None
+    ref: int | None  # the candidate whose drawing this frame shows (hold / pan / repeat)
     shift: tuple[float, float] | None
     """When a pan: how far the picture content moved since `ref`, in analysis pixels:
     this frame at (x + dx, y + dy) shows what `ref` shows at (x, y). A camera moving right
     gives dx < 0."""
-    change: float  # block change score vs the previous frame (grey levels), for plots
+    change: float
+    """Change vs the previous frame, for plots: max mean abs diff over a grid of
+    block x block tiles (grey levels; 255 for the first frame)."""
 
 
 # ----------------------------------------------------------------------------------------
