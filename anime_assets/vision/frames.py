@@ -234,12 +234,10 @@ def _translate(img: np.ndarray, dx: float, dy: float) -> np.ndarray:
         img = cv2.filter2D(img, -1, k, anchor=(0, 0), borderType=cv2.BORDER_REPLICATE)
     if nx == 0 and ny == 0:
         return img
-    x0, x1 = min(max(nx, 0), w - 1), max(min(w + nx, w), 1)
-    y0, y1 = min(max(ny, 0), h - 1), max(min(h + ny, h), 1)
-    crop = img[y0:y1, x0:x1]
-    top = max(0, -ny)
-    left = max(0, -nx)
-    return cv2.copyMakeBorder(crop, top, h - top - crop.shape[0], left, w - left - crop.shape[1],
+    nx = min(max(nx, 1 - w), w - 1)  # beyond the image: all replicated edge anyway
+    ny = min(max(ny, 1 - h), h - 1)
+    crop = img[max(ny, 0):h + min(ny, 0), max(nx, 0):w + min(nx, 0)]
+    return cv2.copyMakeBorder(crop, max(-ny, 0), max(ny, 0), max(-nx, 0), max(nx, 0),
                               cv2.BORDER_REPLICATE)
 
 
