@@ -11,8 +11,10 @@ weights fails in milliseconds with `ModelUnavailable(reason)` instead of hanging
 * a local checkpoint file (`.safetensors` preferred; `.bin/.pt/.pth` loaded with
   weights_only=True) for the `model_name` architecture, or a folder with open_clip_config.json.
 
-Preprocessing (resize shortest side, centre crop, normalise) is done with cv2/numpy on a
-background thread, one batch ahead of the model, so the model is never waiting for pixels.
+Preprocessing (resize shortest side, centre crop, normalise) is done with cv2/numpy; JPEGs are
+decoded at reduced size (libjpeg DCT scaling). On a GPU, or when torch leaves a core free, it
+runs on a background thread one batch ahead of the model; on a CPU where torch uses every core
+it runs inline, which costs only a few % of the forward pass (bench/bench_embed.py).
 """
 
 from __future__ import annotations
@@ -194,14 +196,16 @@ def prefetch(items: Iterable, depth: int = 2) -> Iterator:
                 thread.join(timeout=0.05)
 
 
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def configure_torch_threads(num_threads: int | None = None) -> int:
     """Use the cores this process may run on (2 here), not the machine's count."""
-    if num_threads is None:
-        try:
-            num_threads = len(os.sched_getaffinity(0))
-        except AttributeError:
-            num_threads = os.cpu_count() or 1
-    num_threads = max(1, int(num_threads))
+    num_threads = max(1, int(num_threads if num_threads is not None else usable_cores()))
     if torch.get_num_threads() != num_threads:
         torch.set_num_threads(num_threads)
     return num_threads
@@ -218,6 +222,7 @@ class ClipEmbedder:
         tokenizer: Callable | None = None,
         device: str = "cpu",
         batch_size: int = DEFAULT_BATCH_SIZE,
+        prefetch: bool | None = None,
     ):
         self.model = model.eval().to(device)
         self.model_id = model_id
@@ -226,6 +231,13 @@ class ClipEmbedder:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.dim = _embed_dim(model)
+        # Prefetch on a thread only when a core is free for it: on a GPU, or when torch leaves
+        # cores unused. On CPU with torch on every core, a third busy thread makes torch's
+        # worker threads wait for each other at every op (measured: slower than inline), and
+        # inline preprocessing costs only a few % of the forward pass (see bench_embed.py).
+        if prefetch is None:
+            prefetch = self.device.type != "cpu" or torch.get_num_threads() < usable_cores()
+        self.use_prefetch = prefetch
 
     # ---- images ------------------------------------------------------------------
     def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
@@ -244,8 +256,10 @@ class ClipEmbedder:
         return self.embed_batches(batches())
 
     def embed_batches(self, pixel_batches: Iterable[np.ndarray]) -> np.ndarray:
-        """Run the model over preprocessed (b, 3, S, S) batches, prefetching the next one."""
-        outputs = [self.forward_pixels(batch) for batch in prefetch(pixel_batches)]
+        """Run the model over preprocessed (b, 3, S, S) batches (the next one prefetched on a
+        thread when `use_prefetch`)."""
+        batches = prefetch(pixel_batches) if self.use_prefetch else pixel_batches
+        outputs = [self.forward_pixels(batch) for batch in batches]
         if not outputs:
             return np.zeros((0, self.dim), np.float32)
         return np.concatenate(outputs)
