@@ -54,6 +54,8 @@ class _Progress:
         if total > self.bar.total:
             self.bar.total = total
         self.bar.update(done - self.bar.n)
+        if done >= self.bar.total:
+            self.close()  # the stage is over; its rate must not include the wait for the next one
 
     def close(self) -> None:
         if self.bar is not None:
@@ -75,6 +77,8 @@ def _materialize(selection, instance, *, partition_key=None, tags=None) -> bool:
     result = dg.materialize(
         ALL_ASSETS, selection=selection, instance=instance, resources=resources(),
         partition_key=partition_key, tags={CLI_TAG: "cli", **(tags or {})}, raise_on_error=False,
+        # The full event log is in the instance (and the UI); the terminal shows progress and problems.
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
     )
     if not result.success:
         for ev in result.all_events:
@@ -227,6 +231,9 @@ def cmd_status(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*is currently in beta.*")  # BackfillPolicy: stable enough here
     parser = argparse.ArgumentParser(prog="anime-assets", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
