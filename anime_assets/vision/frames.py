@@ -101,6 +101,9 @@ class CleanFrameParams:
     online and not written again. 0 disables."""
     max_pan_shift_frac: float = 0.45
     """Largest shift (fraction of the image size) the phase correlation is trusted for."""
+    refine_limit: float = 24.0
+    """Phase correlation's shift is polished (Lucas-Kanade) only if the residual with it is
+    below this: a wrong-by-0.2-px shift leaves a moderate residual, a new drawing a big one."""
     min_overlap: float = 0.3
     """A camera-aligned match needs at least this fraction of the frame in common."""
     rebase_overlap: float = 0.7
@@ -323,16 +326,17 @@ def _aligned_map(ref: np.ndarray, cur: np.ndarray, d0: np.ndarray, dx: float, dy
 
 
 def _pan_match(ref: np.ndarray, cur: np.ndarray, d0: np.ndarray, dx: float, dy: float,
-               p: CleanFrameParams) -> tuple[bool, float]:
-    """Does `cur` show `ref`'s drawing through a camera shift (dx, dy)? (match, overlap)."""
+               p: CleanFrameParams) -> tuple[bool, float, float]:
+    """Does `cur` show `ref`'s drawing through a camera shift (dx, dy)?
+    (match, overlap, residual score)."""
     r, overlap = _aligned_map(ref, cur, d0, dx, dy, p)
     if r is None or overlap < p.min_overlap:
-        return False, overlap
+        return False, overlap, float("inf")
     if np.hypot(dx, dy) >= p.min_pan_shift:
-        changed, _ = _changed(r, p, p.pan_cap, p.pan_threshold)
+        changed, score = _changed(r, p, p.pan_cap, p.pan_threshold)
     else:
-        changed, _ = _changed(r, p, p.hold_cap)
-    return not changed, overlap
+        changed, score = _changed(r, p, p.hold_cap)
+    return not changed, overlap, score
 
 
 # ----------------------------------------------------------------------------------------
@@ -382,19 +386,29 @@ class DrawingTracker:
                 self._vel = (0.0, 0.0)
                 return FrameDecision(False, "hold", self._ref_index, None, change)
 
+        # outside a pan, first: a drawing seen a moment ago (A B A, mouth flaps)?
+        if self._vel == (0.0, 0.0):
+            hit = self._recent_match(g)
+            if hit is not None:
+                return FrameDecision(False, "repeat", hit, None, change)
         # camera move: try the shift predicted from the pan's velocity (as is, then
-        # refined), then measure it by phase correlation (as is, then refined)
+        # refined), then measure it by phase correlation (as is, then refined unless the
+        # residual is hopeless)
         tries = ["pred", "pred+"] if self._vel != (0.0, 0.0) else []
-        tries.append("phase+")
+        tries += ["phase", "phase+"]
         s = (0.0, 0.0)
         for t in tries:
             if t == "pred":
                 s = (self._last[0] + self._vel[0], self._last[1] + self._vel[1])
             elif t == "pred+":
                 s = _refine_shift(base, g, *s, iters=1)
+            elif t == "phase":
+                s = _phase_shift(base, g, self._win)
             else:
-                s = _refine_shift(base, g, *_phase_shift(base, g, self._win))
-            ok, overlap = _pan_match(base, g, d0, s[0], s[1], p)
+                if score >= p.refine_limit:
+                    break
+                s = _refine_shift(base, g, *s)
+            ok, overlap, score = _pan_match(base, g, d0, s[0], s[1], p)
             if ok:
                 self._vel = (s[0] - self._last[0], s[1] - self._last[1])
                 self._last = s
@@ -402,7 +416,16 @@ class DrawingTracker:
                 if overlap < p.rebase_overlap:
                     self._base, self._base_shift, self._last = g, tot, (0.0, 0.0)
                 return FrameDecision(False, "pan", self._ref_index, tot, change)
-        # a drawing seen a moment ago (A B A)? then it becomes the reference again
+        if self._vel != (0.0, 0.0):
+            hit = self._recent_match(g)
+            if hit is not None:
+                return FrameDecision(False, "repeat", hit, None, change)
+        return self._new_candidate(index, g, change)
+
+    def _recent_match(self, g: np.ndarray) -> int | None:
+        """Index of a recent candidate (not the ref) showing the same drawing as is; it
+        becomes the reference again."""
+        p = self.p
         for k in range(len(self._recent) - 2, -1, -1):  # the last one is the ref itself
             j, r = self._recent[k]
             if _grid_change(r, g, p) >= p.hold_cap:  # cheap certain "changed"
@@ -410,8 +433,8 @@ class DrawingTracker:
             if not _changed(_block_map(r, g, p), p, p.hold_cap)[0]:
                 self._recent.append(self._recent.pop(k))
                 self._set_ref(j, r)
-                return FrameDecision(False, "repeat", j, None, change)
-        return self._new_candidate(index, g, change)
+                return j
+        return None
 
     def _set_ref(self, index: int, g: np.ndarray) -> None:
         self._ref, self._ref_index = g, index
@@ -498,7 +521,11 @@ def _same(ra: np.ndarray, rb: np.ndarray, p: CleanFrameParams, win: dict) -> boo
     d0 = _block_map(ra, rb, p)
     if not _changed(d0, p, p.hold_cap)[0]:
         return True
-    dx, dy = _refine_shift(ra, rb, *_phase_shift(ra, rb, win))
+    dx, dy = _phase_shift(ra, rb, win)
+    ok, _, score = _pan_match(ra, rb, d0, dx, dy, p)
+    if ok or score >= p.refine_limit:
+        return ok
+    dx, dy = _refine_shift(ra, rb, dx, dy)
     return _pan_match(ra, rb, d0, dx, dy, p)[0]
 
 
