@@ -101,9 +101,6 @@ class CleanFrameParams:
     online and not written again. 0 disables."""
     max_pan_shift_frac: float = 0.45
     """Largest shift (fraction of the image size) the phase correlation is trusted for."""
-    refine_limit: float = 24.0
-    """Phase correlation's shift is polished (Lucas-Kanade) only if the residual with it is
-    below this: a wrong-by-0.2-px shift leaves a moderate residual, a new drawing a big one."""
     min_overlap: float = 0.3
     """A camera-aligned match needs at least this fraction of the frame in common."""
     rebase_overlap: float = 0.7
@@ -392,8 +389,7 @@ class DrawingTracker:
             if hit is not None:
                 return FrameDecision(False, "repeat", hit, None, change)
         # camera move: try the shift predicted from the pan's velocity (as is, then
-        # refined), then measure it by phase correlation (as is, then refined unless the
-        # residual is hopeless)
+        # refined), then measure it by phase correlation (as is, then refined)
         tries = ["pred", "pred+"] if self._vel != (0.0, 0.0) else []
         tries += ["phase", "phase+"]
         s = (0.0, 0.0)
@@ -405,8 +401,6 @@ class DrawingTracker:
             elif t == "phase":
                 s = _phase_shift(base, g, self._win)
             else:
-                if score >= p.refine_limit:
-                    break
                 s = _refine_shift(base, g, *s)
             ok, overlap, score = _pan_match(base, g, d0, s[0], s[1], p)
             if ok:
@@ -522,9 +516,8 @@ def _same(ra: np.ndarray, rb: np.ndarray, p: CleanFrameParams, win: dict) -> boo
     if not _changed(d0, p, p.hold_cap)[0]:
         return True
     dx, dy = _phase_shift(ra, rb, win)
-    ok, _, score = _pan_match(ra, rb, d0, dx, dy, p)
-    if ok or score >= p.refine_limit:
-        return ok
+    if _pan_match(ra, rb, d0, dx, dy, p)[0]:
+        return True
     dx, dy = _refine_shift(ra, rb, dx, dy)
     return _pan_match(ra, rb, d0, dx, dy, p)[0]
 
