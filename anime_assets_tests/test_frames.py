@@ -326,3 +326,34 @@ def test_same_drawing_and_selection_from_arrays():
     assert sel.dropped[1] == ("hold", 0) and sel.dropped[3] == ("repeat", 0)
     assert sel.dropped[4][0] == "pan" and sel.dropped[4][1] == 0
     assert sel.keyframes and set(sel.keyframes) <= set(sel.kept)
+
+
+def test_shot_reverse_shot_return_gets_its_own_candidate():
+    """A B A where B is a different shot: the second A starts a shot, so it must be written
+    again (the online A-B-A shortcut is only for local changes such as mouth flaps)."""
+    a, b = _scene(), _line_art(60, size=(144, 256), seed=11)
+    tr = DrawingTracker()
+    d = [tr.push(i, g) for i, g in enumerate([a, a, b, b, a, a])]
+    assert [x.candidate for x in d] == [True, False, True, False, True, False]
+
+
+def test_selection_of_a_shot_without_candidates():
+    """Frames that all hold a candidate of the previous shot (a cut the tracker could not
+    see): nothing can be kept, every frame is still accounted for."""
+    dec = [FrameDecision(False, "hold", 7, None, 0.0) for _ in range(5)]
+    sel = select_shot_frames(np.arange(10, 15), dec, {}, {}, np.full(5, 100.0))
+    assert sel.kept == [] and sel.keyframes == []
+    assert sel.dropped == {i: ("hold", 7) for i in range(10, 15)}
+
+
+def test_translate_matches_warp_affine():
+    from anime_assets.vision.frames import _translate
+
+    img = np.random.default_rng(1).random((144, 256)).astype(np.float32) * 255
+    for dx, dy in [(0.3, 0.7), (2.5, -1.25), (-3.75, 4.5), (0.0, 0.0), (5.0, 0.0), (300.2, -10.0), (-400.0, 200.5)]:
+        ref = cv2.warpAffine(img, np.float32([[1, 0, dx], [0, 1, dy]]), (256, 144),
+                             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+        out = _translate(img, dx, dy)
+        assert out.shape == img.shape
+        if abs(dx) < 50:
+            assert np.abs(ref - out)[8:-8, 8:-8].max() < 0.01

@@ -99,6 +99,10 @@ class CleanFrameParams:
     """The tracker also compares a changed frame with this many recent candidates (as is,
     no camera move): a drawing that comes back (mouth flaps A B A B) is marked 'repeat'
     online and not written again. 0 disables."""
+    recent_max_area: float = 0.4
+    """... but only for changes covering less than this fraction of the picture: a frame
+    that changed almost everywhere may be the first of a new shot (shot / reverse shot
+    returning to an identical drawing), and a new shot needs its own candidate."""
     max_pan_shift_frac: float = 0.45
     """Largest shift (fraction of the image size) the phase correlation is trusted for."""
     min_overlap: float = 0.3
@@ -384,7 +388,8 @@ class DrawingTracker:
                 return FrameDecision(False, "hold", self._ref_index, None, change)
 
         # outside a pan, first: a drawing seen a moment ago (A B A, mouth flaps)?
-        if self._vel == (0.0, 0.0):
+        local = np.count_nonzero(d0 >= p.hold_threshold) < p.recent_max_area * d0.size
+        if self._vel == (0.0, 0.0) and local:
             hit = self._recent_match(g)
             if hit is not None:
                 return FrameDecision(False, "repeat", hit, None, change)
@@ -410,7 +415,7 @@ class DrawingTracker:
                 if overlap < p.rebase_overlap:
                     self._base, self._base_shift, self._last = g, tot, (0.0, 0.0)
                 return FrameDecision(False, "pan", self._ref_index, tot, change)
-        if self._vel != (0.0, 0.0):
+        if self._vel != (0.0, 0.0) and local:
             hit = self._recent_match(g)
             if hit is not None:
                 return FrameDecision(False, "repeat", hit, None, change)
