@@ -87,7 +87,9 @@ def _build_model(device: str) -> torch.nn.Module:
             state = torch.load(path, map_location="cpu", weights_only=True)
             self.load_state_dict(state)
 
-    model = _QuietTransNetV2(device=device)
+    # the layers' random init would advance the global torch RNG: do it on a forked RNG
+    with torch.random.fork_rng(devices=[]):
+        model = _QuietTransNetV2(device=device)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
