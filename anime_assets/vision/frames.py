@@ -595,8 +595,8 @@ def select_shot_frames(
     # 2. flash / impact bursts. The shot as a sequence of runs of what is on screen (the
     #    candidate a frame is, or holds / pans from / repeats); a burst is a short stretch
     #    of runs (<= flash_max_frames frames) each very different from the runs on both
-    #    sides of the stretch (it's not the picture changing for good: the frames after
-    #    are compared, not assumed).
+    #    sides of the stretch, while the sides are alike (the picture comes back, maybe
+    #    with a new expression: an impact frame often marks a drawing change).
     pos = {f: k for k, f in enumerate(idx)}
     runs: list[list[int]] = []  # [state frame, first pos, last pos]
     for k, f in enumerate(idx):
@@ -622,6 +622,10 @@ def select_shot_frames(
             after = runs[b + 1][0]
             stretch = runs[a:b + 1]
             if before is None or after is None or any(r[0] is None for r in stretch):
+                continue
+            # the picture comes back: before and after differ at most locally (a burst
+            # inside big full-frame animation is animation, not a flash)
+            if _strong_area(prepped[before], prepped[after], p, al) >= p.flash_area:
                 continue
             if all(_burst_frame(prepped[r[0]], prepped[before], prepped[after], luma[pos[r[0]]],
                                 luma[pos[before]], luma[pos[after]], p, al) for r in stretch):
