@@ -232,9 +232,10 @@ class ClipEmbedder:
         self.batch_size = batch_size
         self.dim = _embed_dim(model)
         # Prefetch on a thread only when a core is free for it: on a GPU, or when torch leaves
-        # cores unused. On CPU with torch on every core, a third busy thread makes torch's
-        # worker threads wait for each other at every op (measured: slower than inline), and
-        # inline preprocessing costs only a few % of the forward pass (see bench_embed.py).
+        # cores unused. On CPU with torch on every core there is no idle core to overlap with,
+        # a third busy thread only oversubscribes torch's workers, and inline decode+preprocess
+        # costs ~2-3% of the ViT-B-32 forward pass (bench/bench_embed.py: both modes measured
+        # the same within noise on 2 cores).
         if prefetch is None:
             prefetch = self.device.type != "cpu" or torch.get_num_threads() < usable_cores()
         self.use_prefetch = prefetch
