@@ -82,17 +82,18 @@ class CleanFrameParams:
     hold_cap: float = 4.5
     """... but never above hold_cap (comparison without a camera move: a dissolve's tail or
     a slow fade is a global, faint change, and must not pass as a hold) ..."""
+    pan_cap: float = 12.0
+    """... or pan_cap (comparison after undoing a camera move of at least min_pan_shift)."""
     pan_threshold: float = 6.0
     """Floor of the threshold after undoing a camera move (instead of hold_threshold):
     moving content is resampled and re-encoded, never bit-identical."""
-    pan_cap: float = 12.0
-    """... or pan_cap (comparison after undoing a camera move of at least min_pan_shift)."""
     still_area: float = 0.02
     """A camera move moves EVERYTHING: if at least this fraction of the picture matches
     clearly better unshifted (d0 < hold_threshold and d0 + still_margin < aligned diff),
     part of the picture stood still while another part moved - a character bob or a
     character sliding over a still background, i.e. a new drawing, not a pan."""
     still_margin: float = 1.0
+    """(grey levels, see still_area)"""
     min_pan_shift: float = 0.1
     """Camera shifts (analysis px) below this are no camera move (hold_cap applies)."""
     recent_candidates: int = 8
@@ -118,9 +119,9 @@ class CleanFrameParams:
     flash_max_frames: int = 4
     """Flash / impact bursts are at most this many frames long."""
     flash_level: float = 24.0
-    flash_area: float = 0.5
     """A burst frame differs by >= flash_level (window mean, after camera alignment) from
     the frames on both sides over at least flash_area of the picture ..."""
+    flash_area: float = 0.5
     flash_luma_delta: float = 20.0
     """... or its mean luma jumps by at least this much vs both sides."""
     min_quality: float = 0.05
