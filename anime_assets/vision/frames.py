@@ -127,6 +127,10 @@ class CleanFrameParams:
     min_quality: float = 0.05
     """Candidates with line_art_sharpness below this are dropped as 'low_quality' (only
     when the shot keeps another frame)."""
+    repeat_aligned_window: int = 4
+    """Final pass: a candidate is compared as is with EVERY kept frame of the shot, and also
+    through a camera move with the last this-many kept frames (the alignment costs ~1 ms
+    a pair; long full-animation shots would otherwise cost K^2 of them)."""
     keyframe_span: int = 48
     """One keyframe per this many frames of shot (1 to max_keyframes)."""
     max_keyframes: int = 3
@@ -198,6 +202,11 @@ def _changed(m: np.ndarray, p: CleanFrameParams, cap: float,
     b = p.block
     grid = m[b // 2::b, b // 2::b]
     return np.count_nonzero(grid > score / p.noise_factor) <= 0.1 * grid.size, score
+
+
+def _block_means(g: np.ndarray, p: CleanFrameParams) -> np.ndarray:
+    h, w = g.shape
+    return cv2.resize(g, (w // p.block, h // p.block), interpolation=cv2.INTER_AREA)
 
 
 def _grid_change(a: np.ndarray, b: np.ndarray, p: CleanFrameParams) -> float:
@@ -514,13 +523,19 @@ def same_drawing(a: np.ndarray, b: np.ndarray, params: CleanFrameParams | None =
     return _same(_prep(a, p), _prep(b, p), p, {})
 
 
-def _same(ra: np.ndarray, rb: np.ndarray, p: CleanFrameParams, win: dict) -> bool:
-    """Prepped images show the same drawing, as is or through a camera translation."""
+def _same(ra: np.ndarray, rb: np.ndarray, p: CleanFrameParams, win: dict,
+          aligned: bool = True) -> bool:
+    """Prepped images show the same drawing, as is or (if `aligned`) through a camera
+    translation."""
     if ra.shape != rb.shape:
+        return False
+    if not aligned and _grid_change(ra, rb, p) >= p.hold_cap:  # cheap certain "changed"
         return False
     d0 = _block_map(ra, rb, p)
     if not _changed(d0, p, p.hold_cap)[0]:
         return True
+    if not aligned:
+        return False
     dx, dy = _phase_shift(ra, rb, win)
     if _pan_match(ra, rb, d0, dx, dy, p)[0]:
         return True
@@ -611,26 +626,39 @@ def select_shot_frames(
             runs[-1][2] = k
         else:
             runs.append([st, k, k])
+    area_cache: dict[tuple[int, int], float] = {}
+
+    def area(x: int, y: int) -> float:  # strong-difference area of two states
+        key = (x, y) if x < y else (y, x)
+        if key not in area_cache:
+            area_cache[key] = _strong_area(prepped[x], prepped[y], p, al)
+        return area_cache[key]
+
+    def differs(x: int, y: int) -> bool:  # burst-like difference of state x from side y
+        return abs(luma[pos[x]] - luma[pos[y]]) >= p.flash_luma_delta or area(x, y) >= p.flash_area
+
     flash: set[int] = set()  # state frames of bursts
     flash_pos: set[int] = set()
     a = 1
     while a < len(runs) - 1:
         before = runs[a - 1][0]
+        if before is None or runs[a][0] is None or not differs(runs[a][0], before):
+            a += 1
+            continue
         hit = False
         for b in range(a, len(runs) - 1):
-            if runs[b][2] - runs[a][1] + 1 > p.flash_max_frames:
+            st = runs[b][0]
+            if runs[b][2] - runs[a][1] + 1 > p.flash_max_frames or st is None or not differs(st, before):
                 break
             after = runs[b + 1][0]
-            stretch = runs[a:b + 1]
-            if before is None or after is None or any(r[0] is None for r in stretch):
+            if after is None:
                 continue
             # the picture comes back: before and after differ at most locally (a burst
             # inside big full-frame animation is animation, not a flash)
-            if _strong_area(prepped[before], prepped[after], p, al) >= p.flash_area:
+            if area(before, after) >= p.flash_area:
                 continue
-            if all(_burst_frame(prepped[r[0]], prepped[before], prepped[after], luma[pos[r[0]]],
-                                luma[pos[before]], luma[pos[after]], p, al) for r in stretch):
-                for r in stretch:
+            if all(differs(r[0], after) for r in runs[a:b + 1]):
+                for r in runs[a:b + 1]:
                     flash.add(r[0])
                     flash_pos.update(range(r[1], r[2] + 1))
                 a, hit = b + 1, True
@@ -643,19 +671,31 @@ def select_shot_frames(
     # 3. repeats of any earlier kept drawing (A B A); low quality
     kept: list[int] = []
     redirect: dict[int, int] = {}  # dropped candidate -> kept frame with the same drawing
+    # block means of the kept frames, to rule out most "as is" comparisons at once:
+    # |mean(a - b)| <= mean|a - b|, so a block-mean difference >= hold_cap is a change
+    grids: np.ndarray | None = None
     for k in cands:
         f = idx[k]
         if f in flash:
             continue
+        fg = _block_means(prepped[f], p)
+        if grids is None:
+            grids = np.empty((len(cands),) + fg.shape, np.float32)
+        bound = np.abs(grids[:len(kept)] - fg).max(axis=(1, 2)) if kept else np.empty(0)
         hit = None
-        for g in reversed(kept):  # most recent first: the likeliest match
-            if _same(prepped[g], prepped[f], p, al):
-                hit = g
+        for n in range(len(kept)):  # most recent first: the likeliest match
+            j = len(kept) - 1 - n
+            near = n < p.repeat_aligned_window
+            if not near and bound[j] >= p.hold_cap:
+                continue
+            if _same(prepped[kept[j]], prepped[f], p, al, aligned=near):
+                hit = kept[j]
                 break
         if hit is not None:
             dropped[f] = ("repeat", hit)
             redirect[f] = hit
             continue
+        grids[len(kept)] = fg
         kept.append(f)
     low = [f for f in kept if quality.get(f, 1.0) < p.min_quality]
     if low and len(low) < len(kept):
@@ -688,23 +728,19 @@ def select_shot_frames(
     return ShotSelection(kept=kept, keyframes=_keyframes(kept, quality, idx, p), dropped=dropped)
 
 
-def _burst_frame(x: np.ndarray, before: np.ndarray, after: np.ndarray, lx: float, lb: float,
-                 la: float, p: CleanFrameParams, win: dict) -> bool:
-    """A frame of a flash / impact burst: globally very different from both sides."""
-    if abs(lx - lb) >= p.flash_luma_delta and abs(lx - la) >= p.flash_luma_delta:
-        return True
-    return all(_strong_area(o, x, p, win) >= p.flash_area for o in (before, after))
-
-
 def _strong_area(a: np.ndarray, b: np.ndarray, p: CleanFrameParams, win: dict) -> float:
-    """Fraction of the picture whose window mean diff is >= flash_level, after alignment."""
+    """Fraction of the picture whose window mean diff is >= flash_level, as is or after
+    alignment (the smaller; alignment is only tried when the first is large)."""
     m = _block_map(a, b, p)
+    frac = float(np.count_nonzero(m >= p.flash_level)) / m.size
+    if frac < p.flash_area:
+        return frac
     dx, dy = _phase_shift(a, b, win)
     if np.hypot(dx, dy) >= p.min_pan_shift:
         r, overlap = _aligned_map(a, b, m, dx, dy, p)
         if r is not None and overlap >= p.min_overlap:
-            m = r
-    return float(np.count_nonzero(m >= p.flash_level)) / m.size
+            frac = min(frac, float(np.count_nonzero(r >= p.flash_level)) / r.size)
+    return frac
 
 
 def _keyframes(kept: list[int], quality: Mapping[int, float], idx: list[int],
