@@ -466,14 +466,14 @@ class DrawingTracker:
 def line_art_sharpness(gray: np.ndarray, min_contrast: float = 24.0) -> float:
     """Sharpness of line art in [0, 1], independent of contrast and of the amount of line art.
 
-    At every edge pixel (local maximum of the gradient magnitude along x or y, with a local
-    contrast of at least `min_contrast` grey levels) the steepest slope is divided by the
-    local contrast (max - min in a 9x9 neighbourhood). For a step edge blurred by a
+    At every edge centre (a 3x3 local maximum of the slope max(|dx|, |dy|), with a local
+    contrast of at least `min_contrast` grey levels and a slope of at least 1/16 of it)
+    the slope is divided by the local contrast (max - min in a 9x9 neighbourhood). For a step edge blurred by a
     Gaussian of sigma s this ratio is ~1/(2.5 s) and it is ~0.5 for a perfectly sharp
     edge (central differences), whatever the step's height. The score is the median
     ratio over edge pixels, times 2, clipped to [0, 1]. Flat colour areas contribute
     nothing, so a frame with little line art is judged on the little it has.
-    Returns 0.0 for a frame with no edge at all. Meant for ~960x540 input (a few ms).
+    Returns 0.0 for a frame with no edge at all. Meant for ~960x540 input (~2-3 ms).
     """
     g = gray if gray.dtype == np.uint8 else np.clip(gray, 0, 255).astype(np.uint8)
     if g.ndim == 3:
@@ -481,28 +481,24 @@ def line_art_sharpness(gray: np.ndarray, min_contrast: float = 24.0) -> float:
     k = np.ones((9, 9), np.uint8)
     rng = cv2.subtract(cv2.dilate(g, k), cv2.erode(g, k))  # local contrast
     # 2 x central derivatives, |.| <= 255 so uint8 is exact
-    gx = cv2.convertScaleAbs(cv2.Sobel(g, cv2.CV_16S, 1, 0, ksize=1))
-    gy = cv2.convertScaleAbs(cv2.Sobel(g, cv2.CV_16S, 0, 1, ksize=1))
-    s = cv2.max(gx, gy)
-    # edge centres: local maximum of the slope along its dominant direction
-    # (uint8 0/255 masks combined with cv2 bitwise ops: much faster than numpy bools)
-    peak_x = cv2.compare(s, cv2.dilate(s, np.ones((1, 3), np.uint8)), cv2.CMP_GE)
-    peak_y = cv2.compare(s, cv2.dilate(s, np.ones((3, 1), np.uint8)), cv2.CMP_GE)
-    dom_x = cv2.compare(gx, gy, cv2.CMP_GE)
-    mask = cv2.bitwise_or(cv2.bitwise_and(peak_x, dom_x), cv2.bitwise_and(peak_y, cv2.bitwise_not(dom_x)))
+    s = cv2.max(cv2.convertScaleAbs(cv2.Sobel(g, cv2.CV_16S, 1, 0, ksize=1)),
+                cv2.convertScaleAbs(cv2.Sobel(g, cv2.CV_16S, 0, 1, ksize=1)))
+    # edge centres: the slope is a local maximum (3x3, ties allowed: along a straight edge
+    # the slope is flat, across it peaks). uint8 0/255 masks and cv2 ops: fast.
+    mask = cv2.compare(s, cv2.dilate(s, np.ones((3, 3), np.uint8)), cv2.CMP_GE)
     mask = cv2.bitwise_and(mask, cv2.compare(rng, min_contrast, cv2.CMP_GE))
     # not a flat or faint spot next to an edge: s * 8 > rng  <=>  s > rng // 8
     mask = cv2.bitwise_and(mask, cv2.compare(s, rng >> 3, cv2.CMP_GT))
     mask[:1] = mask[-1:] = 0  # image borders: one-sided derivatives
     mask[:, :1] = mask[:, -1:] = 0
-    mask = mask != 0
-    sv = s[mask]
-    if sv.size < 16:
+    # slope per pixel / contrast = s / (2 r), as 1/256 bins: 128 s / r (cv2.divide rounds and
+    # saturates at 255, i.e. ratio >= 1 - a score of 1 anyway); median of the masked histogram
+    q = cv2.divide(s, rng, scale=128.0)
+    hist = cv2.calcHist([q], [0], mask, [256], [0, 256]).ravel()
+    n = float(hist.sum())
+    if n < 16:
         return 0.0
-    # slope per pixel / contrast = s / (2 r); median via a 1/256 histogram
-    ratio = sv.astype(np.float32) / (2.0 * rng[mask].astype(np.float32))
-    hist = np.bincount(np.minimum((ratio * 256).astype(np.int32), 256), minlength=257)
-    med = (int(np.searchsorted(np.cumsum(hist), (sv.size + 1) // 2)) + 0.5) / 256
+    med = (int(np.searchsorted(np.cumsum(hist), (n + 1) // 2)) + 0.5) / 256
     return float(np.clip(2.0 * med, 0.0, 1.0))
 
 
