@@ -74,11 +74,11 @@ class EmbedderResource(dg.ConfigurableResource):
 
     def load(self):
         """(embedder, warning or None); loaded once per process, so once per run."""
-        return _load_embedder(self.model, self.pretrained, self.device, self.allow_offline_fallback)
+        return _load_embedder(self.model, self.pretrained, self.device, self.allow_offline_fallback, self.batch_size)
 
 
 @functools.lru_cache(maxsize=4)
-def _load_embedder(model: str, pretrained: str, device: str, allow_fallback: bool):
+def _load_embedder(model: str, pretrained: str, device: str, allow_fallback: bool, batch_size: int):
     from anime_assets.vision.embed import load_embedder
 
-    return load_embedder(model, pretrained, device=device, allow_fallback=allow_fallback)
+    return load_embedder(model, pretrained, device=device, allow_fallback=allow_fallback, batch_size=batch_size)

@@ -153,7 +153,7 @@ def frame_embeddings(context: dg.AssetExecutionContext, storage: StorageResource
         index = cache.index(episode)
         kept = [cf.KeptFrame(r["frame"], r["pts"], folder / r["image"], r.get("quality", float("nan")),
                              bool(r.get("keyframe"))) for r in doc["frames"] if r["kept"]]
-        out = emb.embed_shot(tables, model, episode, shot, kept, index.width, index.height, embedder.batch_size)
+        out = emb.embed_shot(tables, model, episode, shot, kept, index.width, index.height)
         kept_total += len(kept)
         nan_total += out["nan_vectors"]
         embed_s += out["embed_seconds"]
