@@ -14,6 +14,7 @@ import argparse
 import os
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -62,6 +63,20 @@ class _Progress:
             self.bar.close()
         self.bar = None
         self.stage = None
+
+
+@contextmanager
+def _progress_bars(quiet: bool):
+    """Progress bars for the assets run in-process during the `with` block."""
+    from anime_assets import progress
+
+    bar = _Progress(enabled=not quiet)
+    progress.set_listener(bar)
+    try:
+        yield bar
+    finally:
+        bar.close()
+        progress.set_listener(None)
 
 
 def _say(msg: str) -> None:
@@ -136,7 +151,6 @@ def _place_in_inbox(src: Path, episode: str) -> Path:
 def cmd_ingest(args) -> int:
     import dagster as dg
 
-    from anime_assets import progress
     from anime_assets.defs.partitions import EPISODES
     from anime_assets.defs.sensors import EPISODE_ASSETS
     from anime_assets.keys import episode_key_from_filename, validate_key
@@ -146,10 +160,8 @@ def cmd_ingest(args) -> int:
         _say("error: --episode names one episode; pass one PATH with it")
         return 2
     instance = dg.DagsterInstance.get()
-    bar = _Progress(enabled=not args.quiet)
-    progress.set_listener(bar)
     failures = 0
-    try:
+    with _progress_bars(args.quiet) as bar:
         for raw in args.paths:
             src = Path(raw)
             try:
@@ -170,25 +182,19 @@ def cmd_ingest(args) -> int:
                 _say(f"{episode}: done")
             else:
                 failures += 1
-    finally:
-        bar.close()
-        progress.set_listener(None)
     return 1 if failures else 0
 
 
 def cmd_backfill(args) -> int:
     import dagster as dg
 
-    from anime_assets import progress
     from anime_assets.defs.partitions import EPISODES
     from anime_assets.keys import validate_key
 
     instance = dg.DagsterInstance.get()
     known = set(instance.get_dynamic_partitions(EPISODES))
-    bar = _Progress(enabled=not args.quiet)
-    progress.set_listener(bar)
     failures = 0
-    try:
+    with _progress_bars(args.quiet) as bar:
         for episode in args.episodes:
             try:
                 validate_key(episode, "episode")
@@ -200,9 +206,6 @@ def cmd_backfill(args) -> int:
                 ok = False
             bar.close()
             failures += not ok
-    finally:
-        bar.close()
-        progress.set_listener(None)
     return 1 if failures else 0
 
 
