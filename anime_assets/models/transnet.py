@@ -20,11 +20,28 @@ per-frame probability curves (single-frame "cut here" and many-hot
 50, keep the central 50 predictions, pad with 25 copies of the first frame at
 the start and copies of the last frame at the end.
 
-Speed (2-core AVX-512-BF16 CPU, see ``bench/bench_shots.py --transnet-speed``):
-the unmodified package ``predict_frames`` runs at ~12 ms/frame (fp32, one
-window per forward). This scorer uses ``torch.inference_mode``, several windows
-per forward and bf16 autocast on CPUs that support it natively, see
-:data:`MEASURED` for the numbers.
+Speed (2-core AVX-512-BF16 CPU, torch's default 2 threads; ``bench/bench_shots.py``
+prints the table). Measured while the machine was shared with other jobs (load ~6),
+so absolute numbers are ~3x worse than on an idle machine; the ratios hold:
+
+==========================================  ================  ===============
+variant (500 frames, best of 3)             wall ms/frame     CPU ms/frame
+==========================================  ================  ===============
+package ``predict_frames`` fp32, 1 window   53.7              37.7
+ours fp32, module forward, 4 windows        38.4              33.0
+ours fp32, fused-conv forward               33.4              30.8
+ours bf16 autocast, module forward          24.7              22.2
+ours bf16, fused-conv, 4 windows (default)  20.0              15.1
+==========================================  ================  ===============
+
+On an idle machine the package's fp32 path was ~12-13 ms/frame and bf16 + fused-conv
+~6-7 ms/frame (a 34,560-frame episode: ~4 min). bf16 changes probabilities by at most
+~5e-3 and gave the same ``predictions_to_scenes`` scenes as fp32 on all 5,301 frames
+of the package's test clip. ``window=200`` (keep the central 150 instead of 50, same
+25-frame context) is another ~1.7x, but it is not exact: probabilities move by up to
+0.15, TransNetV2-alone scenes changed at borderline frames, the fused detector's
+boundaries were identical on 3 of 4 test clips and one dissolve end moved by one frame
+on the 4th, so the default stays at the original 100.
 """
 
 from __future__ import annotations
@@ -192,11 +209,11 @@ def bf16_supported() -> bool:
     return False
 
 
-def pad_for_windows(frames: np.ndarray) -> np.ndarray:
-    """Original TransNetV2 padding: 25 x first frame, frames, last frame up to a multiple of 50."""
+def pad_for_windows(frames: np.ndarray, step: int = STEP) -> np.ndarray:
+    """Original TransNetV2 padding: 25 x first frame, frames, last frame up to a multiple of ``step`` (+25)."""
     n = len(frames)
-    rem = n % STEP
-    end_pad = CONTEXT + STEP - (rem if rem else STEP)
+    rem = n % step
+    end_pad = CONTEXT + step - (rem if rem else step)
     return np.concatenate(
         [np.repeat(frames[:1], CONTEXT, 0), frames, np.repeat(frames[-1:], end_pad, 0)], 0
     )
@@ -210,7 +227,8 @@ class TransNetScorer:
     100-frame windows per forward pass.
     """
 
-    def __init__(self, device: str = "cpu", precision: str = "auto", batch_windows: int = 4, fast: bool = True):
+    def __init__(self, device: str = "cpu", precision: str = "auto", batch_windows: int = 4, fast: bool = True,
+                 window: int = WINDOW):
         if precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto|fp32|bf16, got {precision!r}")
         self.device = torch.device(device)
@@ -218,6 +236,11 @@ class TransNetScorer:
             precision = "bf16" if (self.device.type == "cpu" and bf16_supported()) else "fp32"
         self.precision = precision
         self.batch_windows = max(1, int(batch_windows))
+        # window > 100 (keep window - 50, same 25-frame context) is an experiment, see bench_shots.py
+        if window < 2 * CONTEXT + 1:
+            raise ValueError("window too small")
+        self.window = int(window)
+        self.step = self.window - 2 * CONTEXT
         self.model = _build_model(str(self.device))
         self.fast = bool(fast) and self.device.type == "cpu"
         self._forward = _FastForward(self.model) if self.fast else self.model
@@ -234,17 +257,18 @@ class TransNetScorer:
         n = len(frames)
         if n == 0:
             return np.zeros(0, np.float32), np.zeros(0, np.float32)
-        padded = torch.from_numpy(np.ascontiguousarray(pad_for_windows(frames)))
-        starts = list(range(0, len(padded) - WINDOW + 1, STEP))
+        win, step = self.window, self.step
+        padded = torch.from_numpy(np.ascontiguousarray(pad_for_windows(frames, step)))
+        starts = list(range(0, len(padded) - win + 1, step))
         single_parts: list[np.ndarray] = []
         many_parts: list[np.ndarray] = []
         with torch.inference_mode(), self._autocast():
             for i in range(0, len(starts), self.batch_windows):
                 chunk = starts[i : i + self.batch_windows]
-                batch = torch.stack([padded[s : s + WINDOW] for s in chunk]).to(self.device)
+                batch = torch.stack([padded[s : s + win] for s in chunk]).to(self.device)
                 one_hot, extra = self._forward(batch)
-                single = torch.sigmoid(one_hot.float())[:, CONTEXT : CONTEXT + STEP, 0]
-                many = torch.sigmoid(extra["many_hot"].float())[:, CONTEXT : CONTEXT + STEP, 0]
+                single = torch.sigmoid(one_hot.float())[:, CONTEXT : CONTEXT + step, 0]
+                many = torch.sigmoid(extra["many_hot"].float())[:, CONTEXT : CONTEXT + step, 0]
                 single_parts.append(single.reshape(-1).cpu().numpy())
                 many_parts.append(many.reshape(-1).cpu().numpy())
         single_all = np.concatenate(single_parts)[:n].astype(np.float32)
