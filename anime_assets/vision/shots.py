@@ -41,8 +41,9 @@ Design
    change (``step_fraction``) is a hard cut, not a gradual transition. Without
    TransNetV2: a classical blend test (a dissolve frame is the average of the
    frames ``w`` before and after; a pan, a moving character or a cut is not)
-   plus near-black runs with brightness ramps for fades. Wipes are only found
-   with TransNetV2.
+   plus near-black runs with brightness ramps for fades. Runs of blend-like
+   frames longer than ``max_blend_seconds`` are ignored: slow (sub-pixel at
+   48x27) pans also look like blends. Wipes are only found with TransNetV2.
    Kind: ``fade`` if the range contains near-black frames, ``wipe`` if the mid
    frame is better explained by choosing, per pixel, the frame before or after
    than by any global blend of the two, else ``dissolve``.
@@ -90,7 +91,7 @@ class ShotParams:
     weak_cut_threshold: float = 0.15  # TransNetV2 peak accepted when a classical jump confirms it
     classical_cut_abs: float = 0.06  # mean |diff| (0..1) for a classical jump (~15 grey levels)
     classical_strong_abs: float = 0.08  # classical-only cut (no TransNetV2 support needed)
-    classical_ratio: float = 4.0  # jump vs local context level
+    classical_ratio: float = 3.5  # jump vs local context level (3.0 gave false cuts on motion graphics)
     context_seconds: float = 0.5
     max_flash_frames: int = 4
     flash_match_abs: float = 0.05  # before/after a flash must match this well (mean |diff|)
@@ -106,6 +107,7 @@ class ShotParams:
     blend_halfwidths: tuple[int, ...] = (3, 5, 8)
     blend_min_change: float = 0.04  # end-to-end change across the window
     blend_max_residual: float = 0.2  # residual / end-to-end change for a linear blend
+    max_blend_seconds: float = 2.5  # a longer run of blend-like frames is slow camera motion
 
 
 # --------------------------------------------------------------- features
@@ -364,8 +366,10 @@ def detect_shots(
     else:
         blend = _blend_curve(f, p)
         scores["blend"] = blend
+        max_len = int(round(p.max_blend_seconds * fps))
         for a, b in _runs(blend > 0):
-            ranges.append((a, b, 0.6))
+            if b - a + 1 <= max_len:  # longer "blends" are slow pans / drifts, not transitions
+                ranges.append((a, b, 0.6))
     ranges += _fade_ranges(pix, lum, dark, max_black, max_ramp=int(round(2 * fps)))
     ranges = _merge_ranges(ranges, dark, max_black)
 
