@@ -591,11 +591,14 @@ def select_shot_frames(
     al: dict = {}  # phase-correlation windows
     dropped: dict[int, tuple[str, int | None]] = {}
 
-    # 1. frames that are out before any comparison
+    # 1. frames that are out before any comparison. A candidate inside a detected
+    #    transition that frames after the transition still hold is where the picture
+    #    settled (a detected range can overrun the real one by a frame): not a mix.
+    settled = {d.ref for k, d in enumerate(dec) if idx[k] not in trans and not d.candidate and d.ref is not None}
     cands: list[int] = []  # positions in the shot
     for k, f in enumerate(idx):
         d = dec[k]
-        if f in trans:
+        if f in trans and not (d.candidate and f in settled):
             dropped[f] = ("transition", None)
         elif d.reason in ("black", "white"):
             dropped[f] = (d.reason, None)
