@@ -185,7 +185,7 @@ def speed(n_frames: int = 1000):
     w, c, ref = best(package)
     print(f"{'package predict_frames (fp32, 1 window)':44s} {w / len(frames) * 1e3:13.2f} {c / len(frames) * 1e3:12.2f} {0.0:13.1e}")
     variants = [("fp32", False, 4, 100), ("fp32", True, 4, 100), ("bf16", False, 4, 100), ("bf16", True, 1, 100),
-                ("bf16", True, 4, 100), ("bf16", True, 8, 100), ("bf16", True, 2, 200)]
+                ("bf16", True, 4, 100), ("bf16", True, 8, 100), ("bf16", True, 1, 200)]
     for prec, fast, bw, win in variants:
         sc = TransNetScorer(precision=prec, fast=fast, batch_windows=bw, window=win)
         sc.predict(frames[:100])

@@ -21,27 +21,31 @@ per-frame probability curves (single-frame "cut here" and many-hot
 the start and copies of the last frame at the end.
 
 Speed (2-core AVX-512-BF16 CPU, torch's default 2 threads; ``bench/bench_shots.py``
-prints the table). Measured while the machine was shared with other jobs (load ~6),
-so absolute numbers are ~3x worse than on an idle machine; the ratios hold:
+prints the table). The machine was shared with other jobs (load 2-7), so numbers are
+noisy; these are best-of-3 wall times on 500 frames of the package's test clip at load ~3:
 
-==========================================  ================  ===============
-variant (500 frames, best of 3)             wall ms/frame     CPU ms/frame
-==========================================  ================  ===============
-package ``predict_frames`` fp32, 1 window   53.7              37.7
-ours fp32, module forward, 4 windows        38.4              33.0
-ours fp32, fused-conv forward               33.4              30.8
-ours bf16 autocast, module forward          24.7              22.2
-ours bf16, fused-conv, 4 windows (default)  20.0              15.1
-==========================================  ================  ===============
+=============================================  =============  ================
+variant                                        wall ms/frame  max |d single|
+=============================================  =============  ================
+package ``predict_frames`` (fp32, 1 window)    10.9           0
+ours fp32, fused-conv forward, 4 windows       13.2           2e-7
+ours bf16 autocast, module forward, 4 windows  21.6 (noisy)   4e-3
+ours bf16, fused-conv, 1 window (default)      4.5            2.5e-3
+ours bf16, fused-conv, 4 windows               6.1            2.5e-3
+ours bf16, fused-conv, window=200 (not used)   4.3            8.7e-2
+=============================================  =============  ================
 
-On an idle machine the package's fp32 path was ~12-13 ms/frame and bf16 + fused-conv
-~6-7 ms/frame (a 34,560-frame episode: ~4 min). bf16 changes probabilities by at most
-~5e-3 and gave the same ``predictions_to_scenes`` scenes as fp32 on all 5,301 frames
-of the package's test clip. ``window=200`` (keep the central 150 instead of 50, same
-25-frame context) is another ~1.7x, but it is not exact: probabilities move by up to
-0.15, TransNetV2-alone scenes changed at borderline frames, the fused detector's
-boundaries were identical on 3 of 4 test clips and one dissolve end moved by one frame
-on the 4th, so the default stays at the original 100.
+An interleaved A/B of the default path (400 frames, 4 rounds) gave 4.4 / 5.3 / 5.6
+ms/frame for 1 / 2 / 4 windows per forward, hence ``batch_windows=1`` (bigger batches
+fall out of cache). An idle-machine measurement before this work: package fp32
+~12-13 ms/frame. So a 34,560-frame episode needs ~2.5 min instead of ~7 min.
+bf16 changes probabilities by at most ~5e-3 and gave the same ``predictions_to_scenes``
+scenes as fp32 on all 5,301 frames of the package's test clip. ``window=200`` (keep
+the central 150 instead of 50, same 25-frame context) saves little once the forward
+is fast and is not exact: probabilities move by up to 0.15, TransNetV2-alone scenes
+changed at borderline frames, the fused detector's boundaries were identical on 3 of 4
+test clips and one dissolve end moved by one frame on the 4th, so the default stays
+at the original 100.
 """
 
 from __future__ import annotations
@@ -227,7 +231,7 @@ class TransNetScorer:
     100-frame windows per forward pass.
     """
 
-    def __init__(self, device: str = "cpu", precision: str = "auto", batch_windows: int = 4, fast: bool = True,
+    def __init__(self, device: str = "cpu", precision: str = "auto", batch_windows: int = 1, fast: bool = True,
                  window: int = WINDOW):
         if precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto|fp32|bf16, got {precision!r}")
@@ -278,7 +282,7 @@ class TransNetScorer:
     __call__ = predict
 
 
-def get_transnet(device: str = "cpu", precision: str = "auto", batch_windows: int = 4) -> TransNetScorer:
+def get_transnet(device: str = "cpu", precision: str = "auto", batch_windows: int = 1) -> TransNetScorer:
     """Per-process cached :class:`TransNetScorer` (thread count left at torch's default)."""
     key = (device, precision, batch_windows)
     with _LOCK:
