@@ -189,8 +189,13 @@ def _nms(cands: dict[int, float], radius: int) -> dict[int, float]:
 
 
 # ----------------------------------------------------------- flash filter
-def _flash_burst(f: np.ndarray, c: int, p: ShotParams) -> tuple[int, int] | None:
-    """A burst [a, b] (<= max_flash_frames) with c in [a, b+1] whose surroundings match, else None."""
+def _flash_burst(f: np.ndarray, c: int, p: ShotParams, motion: float = 0.0) -> tuple[int, int] | None:
+    """A burst [a, b] (<= max_flash_frames) with c in [a, b+1] whose surroundings match, else None.
+
+    `motion` is the shot's usual frame-to-frame change (the local context level): during a
+    camera pan the frames on either side of a flash differ by the pan's motion over the burst,
+    so the match allowance grows with it.
+    """
     n = len(f)
     best = None
     for length in range(1, p.max_flash_frames + 1):
@@ -199,7 +204,7 @@ def _flash_burst(f: np.ndarray, c: int, p: ShotParams) -> tuple[int, int] | None
             if a < 1 or b + 1 >= n or not (a <= c <= b + 1):
                 continue
             outside = float(frame_distance(f[a - 1], f[b + 1]))
-            if outside > p.flash_match_abs:
+            if outside > max(p.flash_match_abs, 1.5 * (length + 1) * motion):
                 continue
             burst = f[a : b + 1]
             inside = float(min(frame_distance(burst, f[a - 1][None]).min(), frame_distance(burst, f[b + 1][None]).min()))
@@ -352,7 +357,7 @@ def detect_shots(
     flashes: set[int] = set()
     cuts: dict[int, float] = {}
     for c, s in cands.items():
-        burst = _flash_burst(f, c, p)
+        burst = _flash_burst(f, c, p, float(ctx[c]))
         if burst is not None:
             flashes.update(range(burst[0], burst[1] + 1))
         else:
@@ -387,7 +392,7 @@ def detect_shots(
             continue  # short: a hard cut's many-hot bump (handled by the cut candidates)
         if total > 0 and float(steps.max()) >= p.step_fraction * total and not has_dark:
             c = lo + int(np.argmax(steps))
-            if _flash_burst(f, c, p) is None:
+            if _flash_burst(f, c, p, float(ctx[c])) is None:
                 cuts[c] = max(cuts.get(c, 0.0), s)
             continue
         gradual.append(Boundary(_classify_gradual(f, dark, a, b), int(a), int(b), float(s)))
