@@ -231,13 +231,11 @@ class ClipEmbedder:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.dim = _embed_dim(model)
-        # Prefetch on a thread only when a core is free for it: on a GPU, or when torch leaves
-        # cores unused. On CPU with torch on every core there is no idle core to overlap with,
-        # a third busy thread only oversubscribes torch's workers, and inline decode+preprocess
-        # costs ~2-3% of the ViT-B-32 forward pass (bench/bench_embed.py: both modes measured
-        # the same within noise on 2 cores).
+        # Decode + preprocess the next batch on a thread while the model runs. Measured on the
+        # 2-core CPU (bench/bench_embed.py, quiet machine): 1.01x the bare forward throughput
+        # with the thread, 0.89x inline - torch leaves enough gaps between its parallel ops.
         if prefetch is None:
-            prefetch = self.device.type != "cpu" or torch.get_num_threads() < usable_cores()
+            prefetch = True
         self.use_prefetch = prefetch
 
     # ---- images ------------------------------------------------------------------
