@@ -14,6 +14,7 @@ cv2 = pytest.importorskip("cv2")
 pytest.importorskip("av")
 
 from anime_assets.vision.decode import read_analysis, read_frames_bgr  # noqa: E402
+from anime_assets.vision.shots import transition_frames  # noqa: E402
 from anime_assets.vision.frames import (  # noqa: E402
     REASONS,
     CleanFrameParams,
@@ -34,14 +35,6 @@ NAMES = ["cuts", "drawings", "sample"]
 # ----------------------------------------------------------------------------- helpers
 
 
-def _transition_frames(truth) -> set[int]:
-    out: set[int] = set()
-    for b in truth.boundaries:
-        if b["kind"] != "cut":
-            out.update(range(int(b["start"]), int(b["end"]) + 1))
-    return out
-
-
 def _run(path, truth):
     a = read_analysis(path)
     tr = DrawingTracker()
@@ -53,7 +46,7 @@ def _run(path, truth):
         quality[i] = line_art_sharpness(cv2.resize(g, (g.shape[1] // 2, g.shape[0] // 2),
                                                    interpolation=cv2.INTER_AREA))
     luma = a.gray.reshape(len(a.gray), -1).mean(axis=1)
-    trans = _transition_frames(truth)
+    trans = transition_frames(truth.boundaries)
     sels = {}
     for k, (s, e) in enumerate(truth.shots):
         sig = {i: a.gray[i] for i in cands if s <= i < e}
@@ -188,7 +181,7 @@ def test_a_b_a_return_is_a_repeat(runs):
 def test_black_white_flash_impact_and_transitions(runs):
     truth, r = runs["sample"]
     dec = r["decisions"]
-    trans = _transition_frames(truth)
+    trans = transition_frames(truth.boundaries)
     seen = set()
     for i, f in enumerate(truth.frames):
         sel = r["selections"][f["shot"]]

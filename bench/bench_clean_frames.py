@@ -41,20 +41,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from anime_assets.vision.decode import read_analysis, read_frames_bgr  # noqa: E402
+from anime_assets.vision.shots import transition_frames  # noqa: E402
 from anime_assets.vision.frames import (  # noqa: E402
     CleanFrameParams,
     DrawingTracker,
     line_art_sharpness,
     select_shot_frames,
 )
-
-
-def transition_frames(truth) -> set[int]:
-    out: set[int] = set()
-    for b in truth.boundaries:
-        if b["kind"] != "cut":
-            out.update(range(int(b["start"]), int(b["end"]) + 1))
-    return out
 
 
 def run_pipeline(path, truth, params: CleanFrameParams | None = None, analysis=None, repeat: int = 1):
@@ -83,7 +76,7 @@ def run_pipeline(path, truth, params: CleanFrameParams | None = None, analysis=N
         quality[i] = line_art_sharpness(half)
         sharp_s += time.perf_counter() - t0
     luma = a.gray.reshape(len(a.gray), -1).mean(axis=1)
-    trans = transition_frames(truth)
+    trans = transition_frames(truth.boundaries)
     sels, kept = {}, []
     for k, (s, e) in enumerate(truth.shots):
         sig = {i: a.gray[i] for i in cands if s <= i < e}

@@ -86,7 +86,7 @@ def clean_frames_end_to_end(path: Path, store: MediaStore, scorer) -> dict:
     det, _ = sb.detect_episode_shots(index, scorer)
     doc = sb.shots_document("bench", index, det, "bench")
     t2 = time.perf_counter()
-    trans = sb.transition_frames(doc)
+    trans = sb.transition_frames(doc["boundaries"])
     kept = []
     for i in range(len(doc["shots"])):
         res = cf.select_clean_frames(store, index, doc, trans, "bench", f"s{i:04d}")

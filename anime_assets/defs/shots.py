@@ -86,7 +86,8 @@ def clean_frames(context: dg.AssetExecutionContext, storage: StorageResource) ->
     dropped: dict[str, int] = {}
     for n, (episode, shot) in enumerate(targets):
         doc = cache.shots(episode)
-        res = cf.select_clean_frames(store, cache.index(episode), doc, sb.transition_frames(doc), episode, shot)
+        transitions = sb.transition_frames(doc["boundaries"])
+        res = cf.select_clean_frames(store, cache.index(episode), doc, transitions, episode, shot)
         totals["frames"] += res.n_frames
         totals["kept"] += len(res.kept)
         totals["keyframes"] += sum(k.is_keyframe for k in res.kept)

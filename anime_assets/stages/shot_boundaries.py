@@ -12,7 +12,7 @@ import numpy as np
 from anime_assets.keys import shot_key
 from anime_assets.storage.media import MediaStore
 from anime_assets.stages.frame_index import FrameIndex
-from anime_assets.vision.shots import ShotDetection, detect_shots
+from anime_assets.vision.shots import ShotDetection, detect_shots, transition_frames
 
 ASSET = "shot_boundaries"
 SHOTS_NAME = "shots.json"
@@ -52,15 +52,6 @@ def load_shots(store: MediaStore, episode: str) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"episode {episode}: no shot boundaries yet (materialize shot_boundaries first)")
     return json.loads(path.read_text())
-
-
-def transition_frames(doc: dict) -> set[int]:
-    """Frames inside gradual transitions (dissolves, fades, wipes): mixed images of two shots."""
-    out: set[int] = set()
-    for b in doc["boundaries"]:
-        if b["kind"] != "cut":
-            out.update(range(int(b["start"]), int(b["end"]) + 1))
-    return out
 
 
 def _json_default(o):

@@ -64,7 +64,7 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["Boundary", "ShotDetection", "ShotParams", "detect_shots", "frame_distance"]
+__all__ = ["Boundary", "ShotDetection", "ShotParams", "detect_shots", "frame_distance", "transition_frames"]
 
 TransNetFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -437,3 +437,16 @@ def detect_shots(
             prev = s
     shots.append((prev, n))
     return ShotDetection(shots=shots, boundaries=bounds, flashes=sorted(flashes), scores=scores)
+
+
+def transition_frames(boundaries) -> set[int]:
+    """Frames inside gradual transitions (dissolves, fades, wipes): mixed images of two shots.
+
+    `boundaries`: Boundary objects or dicts with kind/start/end (as stored in shots.json).
+    """
+    out: set[int] = set()
+    for b in boundaries:
+        kind, start, end = (b["kind"], b["start"], b["end"]) if isinstance(b, dict) else (b.kind, b.start, b.end)
+        if kind != "cut":
+            out.update(range(int(start), int(end) + 1))
+    return out
