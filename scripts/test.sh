@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Tests are hermetic: models come from stand-ins saved through the real loading code, never the hub.
+export HF_HUB_OFFLINE=1
 exec .venv/bin/python -m pytest -q "$@"

@@ -70,15 +70,19 @@ class EmbedderResource(dg.ConfigurableResource):
     pretrained: str = "laion2b_s34b_b79k"  # a tag, 'hf-hub:org/repo', or a local checkpoint path
     device: str = "cpu"
     allow_offline_fallback: bool = True
+    allow_download: bool = True  # fetch missing weights from the Hugging Face hub (never when HF_HUB_OFFLINE=1)
     batch_size: int = 32
 
     def load(self):
         """(embedder, warning or None); loaded once per process, so once per run."""
-        return _load_embedder(self.model, self.pretrained, self.device, self.allow_offline_fallback, self.batch_size)
+        return _load_embedder(self.model, self.pretrained, self.device, self.allow_offline_fallback,
+                              self.allow_download, self.batch_size)
 
 
 @functools.lru_cache(maxsize=4)
-def _load_embedder(model: str, pretrained: str, device: str, allow_fallback: bool, batch_size: int):
+def _load_embedder(model: str, pretrained: str, device: str, allow_fallback: bool, allow_download: bool,
+                   batch_size: int):
     from anime_assets.vision.embed import load_embedder
 
-    return load_embedder(model, pretrained, device=device, allow_fallback=allow_fallback, batch_size=batch_size)
+    return load_embedder(model, pretrained, device=device, allow_fallback=allow_fallback,
+                         allow_download=allow_download, batch_size=batch_size)
