@@ -12,9 +12,12 @@ Anime shots hold or pan over ONE painted background. This module recovers it:
   previous frame keeps sub-pixel errors from accumulating; the keyframe is re-based when
   the overlap gets small.
 * `build_plate`: every frame is shifted into plate coordinates (sub-pixel, bilinear)
-  and each plate pixel takes the temporal median (by luma; the RGB of the median sample,
-  so colours are never mixed) of the frames that see it. Characters that move relative
-  to the background are outvoted; `fg_hint` (probability a pixel is character, from a
+  and each plate pixel takes a robust temporal mode of the frames that see it: the
+  20-level luma window holding most samples, and the median sample inside it (its RGB,
+  so colours are never mixed). A character moving over a pixel shows changing colours
+  there while the background repeats one, so the background wins even where the
+  character covers it most of the time (a plain median loses there). Pixels whose mode
+  holds less than `min_support` of the samples are marked not seen; `fg_hint` (probability a pixel is character, from a
   segmenter) excludes samples outright. A character that stands still through the whole
   shot IS the median: no temporal method can see behind it (its pixels are then only
   recovered if `fg_hint` marks them, in which case they become holes).
@@ -211,7 +214,6 @@ def estimate_camera(frames_gray, max_peaks: int = 5) -> CameraTrack:
         guess = pos[i - 1] + d_pair - pos[key]  # o_i - o_key
         d, _ = _lk(half[i], half[key], guess / 2.0, iters=8)
         d, share = _lk(full[i], full[key], d * 2.0, iters=8, tgrad=grads(full[i]))
-        # keep the pairwise chain if the keyframe match is clearly worse
         pos[i] = pos[key] + d
         conf[i] = share
         vel = pos[i] - pos[i - 1]
@@ -247,9 +249,10 @@ def _place(img: np.ndarray, ox: float, oy: float):
 
 
 def build_plate(frames_rgb, track, fg_hint=None, min_support: float = 0.25) -> Plate:
-    """One background plate for the shot: per plate pixel, the temporal median (by
-    luma, RGB of that sample) over the frames that see it, excluding samples whose
-    ``fg_hint`` (probability of being character) is >= 0.5."""
+    """One background plate for the shot: per plate pixel, the temporal mode (see the
+    module docstring) over the frames that see it, excluding samples whose ``fg_hint``
+    (probability of being character) is >= 0.5. ``track``: a CameraTrack or (N, 2)
+    offsets. At most 255 frames are used (evenly subsampled beyond)."""
     offsets = np.asarray(track.offsets if hasattr(track, "offsets") else track, np.float32)
     n = len(frames_rgb)
     if n == 0:
