@@ -129,6 +129,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=2.0, help="length of the 1080p clip for the ratio table")
     ap.add_argument("--full", action="store_true", help="also run a whole episode through the Dagster graph")
     ap.add_argument("--full-minutes", type=float, default=24.0)
+    ap.add_argument("--repeat", type=int, default=3, help="time each step this many times, keep the best")
     args = ap.parse_args()
 
     from anime_assets.models.transnet import get_transnet
@@ -136,15 +137,20 @@ def main() -> None:
     path, truth = episode_clip(args.minutes)
     info = decode.probe(path)
     scorer = get_transnet()
-    ff = ffmpeg_decode_seconds(path)
-    dec, n = decode_only_seconds(path)
-    sel = selection_pass_seconds(path)
-    with tempfile.TemporaryDirectory() as tmp:
-        e2e = clean_frames_end_to_end(path, MediaStore(tmp), scorer)
+    # Best of N: the machine is shared, and the minimum is the least disturbed measurement.
+    ff = min(ffmpeg_decode_seconds(path) for _ in range(args.repeat))
+    dec, n = min(decode_only_seconds(path) for _ in range(args.repeat))
+    sel = min(selection_pass_seconds(path) for _ in range(args.repeat))
+    runs = []
+    for _ in range(args.repeat):
+        with tempfile.TemporaryDirectory() as tmp:
+            runs.append(clean_frames_end_to_end(path, MediaStore(tmp), scorer))
+    e2e = min(runs, key=lambda r: r["index_s"] + r["select_s"])
+    e2e["shots_s"] = min(r["shots_s"] for r in runs)
     clean_s = e2e["index_s"] + e2e["select_s"]
     n_draw, lost, rep = drawing_metrics(e2e["kept"], truth)
 
-    print(f"\n## Decode + clean frames ({info.width}x{info.height}, {n} frames, {args.minutes:g} min)")
+    print(f"\n## Decode + clean frames ({info.width}x{info.height}, {n} frames, {args.minutes:g} min; best of {args.repeat})")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}\n")
     print("| step | seconds | frames/s | vs ffmpeg decode |")
     print("|---|---:|---:|---:|")
