@@ -17,9 +17,9 @@ from anime_assets import cli
 from anime_assets.defs.partitions import EPISODES, SHOTS, ensure_shot_keys
 from anime_assets.defs.resources import StorageResource
 from anime_assets.definitions import ALL_ASSETS, defs, resources
-from anime_assets.defs.sensors import SHOT_ASSETS, episode_inbox, next_stage_requests
+from anime_assets.defs.sensors import episode_inbox, next_stage_requests
 from anime_assets.defs.shots import clean_frames, frame_embeddings
-from anime_assets.defs.episodes import frame_index, shot_boundaries
+from anime_assets.defs.episodes import frame_index
 from anime_assets_tests.fixtures import clips
 
 ROOT = Path(__file__).resolve().parents[1]

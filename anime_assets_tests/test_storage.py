@@ -6,7 +6,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import threading
-import time
 from datetime import timedelta
 
 import cv2

@@ -32,7 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import imageio_ffmpeg  # noqa: E402
-import numpy as np  # noqa: E402
 
 from anime_assets.stages import clean_frames as cf  # noqa: E402
 from anime_assets.stages import frame_index as fi  # noqa: E402
@@ -40,6 +39,7 @@ from anime_assets.stages import shot_boundaries as sb  # noqa: E402
 from anime_assets.storage.media import MediaStore  # noqa: E402
 from anime_assets.vision import decode  # noqa: E402
 from anime_assets.vision.frames import DrawingTracker  # noqa: E402
+from anime_assets.vision.shots import transition_frames  # noqa: E402
 from anime_assets_tests.fixtures import clips  # noqa: E402
 
 
@@ -86,7 +86,7 @@ def clean_frames_end_to_end(path: Path, store: MediaStore, scorer) -> dict:
     det, _ = sb.detect_episode_shots(index, scorer)
     doc = sb.shots_document("bench", index, det, "bench")
     t2 = time.perf_counter()
-    trans = sb.transition_frames(doc["boundaries"])
+    trans = transition_frames(doc["boundaries"])
     kept = []
     for i in range(len(doc["shots"])):
         res = cf.select_clean_frames(store, index, doc, trans, "bench", f"s{i:04d}")
@@ -167,7 +167,7 @@ def main() -> None:
 
     if args.full:
         r = full_graph(args.full_minutes)
-        print(f"\n## Whole episode through the Dagster graph (`anime-assets ingest`)\n")
+        print("\n## Whole episode through the Dagster graph (`anime-assets ingest`)\n")
         print("| episode | frames | wall | peak memory | result |")
         print("|---|---:|---:|---:|---|")
         print(f"| {r['minutes']:g} min 1080p | {r['frames']} | {r['wall_s'] / 60:.1f} min | {r['peak_gb']:.2f} GB | "

@@ -22,6 +22,7 @@ from anime_assets.stages import frame_index as fi
 from anime_assets.stages import shot_boundaries as sb
 from anime_assets.storage.media import MediaStore
 from anime_assets.vision.contact import contact_sheet, markdown_image, png_bytes
+from anime_assets.vision.shots import transition_frames
 
 GROUP = "shots"
 _SINGLE_RUN = dg.BackfillPolicy.single_run()
@@ -86,7 +87,7 @@ def clean_frames(context: dg.AssetExecutionContext, storage: StorageResource) ->
     dropped: dict[str, int] = {}
     for n, (episode, shot) in enumerate(targets):
         doc = cache.shots(episode)
-        transitions = sb.transition_frames(doc["boundaries"])
+        transitions = transition_frames(doc["boundaries"])
         res = cf.select_clean_frames(store, cache.index(episode), doc, transitions, episode, shot)
         totals["frames"] += res.n_frames
         totals["kept"] += len(res.kept)

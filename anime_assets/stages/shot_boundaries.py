@@ -12,7 +12,7 @@ import numpy as np
 from anime_assets.keys import shot_key
 from anime_assets.storage.media import MediaStore
 from anime_assets.stages.frame_index import FrameIndex
-from anime_assets.vision.shots import ShotDetection, detect_shots, transition_frames
+from anime_assets.vision.shots import ShotDetection, detect_shots
 
 ASSET = "shot_boundaries"
 SHOTS_NAME = "shots.json"
