@@ -32,8 +32,7 @@ def _metadata(out: dict, tables) -> dict:
     description="UMAP + HDBSCAN over one episode's frames; writes cluster_episode and the 2-D map back to `frames`.",
 )
 def episode_clusters(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
-    tables = storage.tables()
-    tables.open_frames()
+    tables = storage.frames_for_reading()
     out = cl.cluster_episode(tables, context.partition_key)
     return dg.MaterializeResult(metadata=_metadata(out, tables))
 
@@ -46,8 +45,7 @@ def episode_clusters(context: dg.AssetExecutionContext, storage: StorageResource
     description="UMAP + HDBSCAN over every episode's frames together; writes cluster_global.",
 )
 def season_clusters(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
-    tables = storage.tables()
-    tables.open_frames()
+    tables = storage.frames_for_reading()
     out = cl.cluster_all(tables)
     tables.optimize()  # compaction: every partition replace leaves small fragments behind
     return dg.MaterializeResult(metadata=_metadata(out, tables))

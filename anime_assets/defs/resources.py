@@ -29,6 +29,12 @@ class StorageResource(dg.ConfigurableResource):
     def tables(self) -> FrameTables:
         return FrameTables(settings.lancedb_uri(self.root))
 
+    def frames_for_reading(self) -> FrameTables:
+        """The existing `frames` table, opened with whatever embedding model it holds."""
+        tables = self.tables()
+        tables.open_frames()
+        return tables
+
     def episodes_dir(self) -> Path:
         return settings.episodes_dir(self.root)
 
