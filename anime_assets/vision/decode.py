@@ -307,3 +307,55 @@ def read_frames_bgr(path: str | os.PathLike, indices) -> dict[int, np.ndarray]:
         if df.index >= last:
             break
     return out
+
+
+def read_frames_rgb(path: str | os.PathLike, indices, pts: np.ndarray | None = None) -> dict[int, np.ndarray]:
+    """Full-resolution RGB of the given frame indices, seeking close to the first one.
+
+    ``pts``: every frame's timestamp (seconds) from the frame index, which maps decoded
+    frames back to indices after a seek; without it the file is decoded from the start.
+    Used by per-shot work that needs full-resolution pixels of a frame range (layers).
+    """
+    wanted = sorted(set(int(i) for i in indices))
+    out: dict[int, np.ndarray] = {}
+    if not wanted:
+        return out
+    if pts is None or wanted[0] == 0:
+        for df in iter_frames(path):
+            if df.index in wanted:
+                out[df.index] = df.frame.to_ndarray(format="rgb24")
+            if df.index >= wanted[-1]:
+                break
+        return out
+    pts = np.asarray(pts, np.float64)
+    half = 0.5 * float(np.median(np.diff(pts))) if len(pts) > 1 else 0.02
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = (os.cpu_count() or 2) + 2
+        tb = stream.time_base
+        start = stream.start_time or 0
+        target = float(pts[wanted[0]]) - 2 * half
+        container.seek(int(start + max(0.0, target) / tb), stream=stream, backward=True, any_frame=False)
+        want = set(wanted)
+        try:
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    continue
+                t = float((frame.pts - start) * tb)
+                i = int(np.searchsorted(pts, t - half))
+                if i >= len(pts) or abs(pts[i] - t) > half:
+                    continue
+                if i in want:
+                    out[i] = frame.to_ndarray(format="rgb24")
+                if i >= wanted[-1]:
+                    break
+        except (av.error.FFmpegError, ValueError) as e:
+            raise VideoError(path, f"decoding failed near frame {wanted[0]}: {_ffmpeg_reason(e)}") from None
+    finally:
+        container.close()
+    missing = [i for i in wanted if i not in out]
+    if missing:  # the seek landed after a wanted frame (odd GOP): decode from the start instead
+        out.update(read_frames_rgb(path, missing, None))
+    return out
