@@ -139,3 +139,58 @@ def _dim_or_one(schema: pa.Schema) -> int:
         return schema_dim(schema)
     except (KeyError, AttributeError):
         return 1
+
+
+# --------------------------------------------------------------------------- layers
+# One row per kept frame, keyed by the same `id` as `frames` (join on it). A table of its own
+# because the layers and the embeddings are written by different assets at different times:
+# replacing one shot's layers must never touch its vectors, and the other way round.
+LAYERS_TABLE = "layers"
+
+CHARACTER_URI = "character_uri"  # RGBA PNG, straight alpha
+CHARACTER_COVERAGE = "character_coverage"  # share of the frame with alpha >= 0.5
+INSTANCE_MASK_URI = "instance_mask_uri"  # uint8 PNG: instance id per pixel, 0 = none
+INSTANCES = "instances"  # [{id, x0, y0, x1, y1, area}], ids stable through the shot
+EFFECT_URI = "effect_uri"  # RGBA PNG, straight alpha; recompose with EFFECT_BLEND
+EFFECT_BLEND = "effect_blend"  # normal | add | screen
+EFFECT_COVERAGE = "effect_coverage"  # share of the frame with effect alpha > 1/255
+BACKGROUND_URI = "background_uri"  # RGB: characters and effects removed, holes filled
+BACKGROUND_INPAINTED = "background_inpainted"  # share of the background never visible in the shot
+CAMERA_X = "camera_x"  # camera position in the shot plate (pixels)
+CAMERA_Y = "camera_y"
+SEGMENTATION_MODEL = "segmentation_model"  # the prior used, or "none (motion only)"
+INPAINT_MODEL = "inpaint_model"
+
+BLEND_MODES = ("normal", "add", "screen")
+
+INSTANCE_TYPE = pa.struct([
+    pa.field("id", pa.int32()), pa.field("x0", pa.int32()), pa.field("y0", pa.int32()),
+    pa.field("x1", pa.int32()), pa.field("y1", pa.int32()), pa.field("area", pa.float32()),
+])
+
+
+def layers_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field(ID, pa.string(), nullable=False),
+            pa.field(EPISODE, pa.string(), nullable=False),
+            pa.field(SHOT, pa.string(), nullable=False),
+            pa.field(FRAME_INDEX, pa.int32(), nullable=False),
+            pa.field(CHARACTER_URI, pa.string()),
+            pa.field(CHARACTER_COVERAGE, pa.float32()),
+            pa.field(INSTANCE_MASK_URI, pa.string()),
+            pa.field(INSTANCES, pa.list_(INSTANCE_TYPE)),
+            pa.field(EFFECT_URI, pa.string()),
+            pa.field(EFFECT_BLEND, pa.string()),
+            pa.field(EFFECT_COVERAGE, pa.float32()),
+            pa.field(BACKGROUND_URI, pa.string()),
+            pa.field(BACKGROUND_INPAINTED, pa.float32()),
+            pa.field(CAMERA_X, pa.float32()),
+            pa.field(CAMERA_Y, pa.float32()),
+            pa.field(SEGMENTATION_MODEL, pa.string()),
+            pa.field(INPAINT_MODEL, pa.string()),
+            pa.field(PIPELINE_VERSION, pa.string()),
+            pa.field(UPDATED_AT, pa.timestamp("us", tz="UTC")),
+        ],
+        metadata={b"layers_schema_version": b"1"},
+    )

@@ -158,28 +158,7 @@ class FrameTables:
         table = self.table
         data = self._conform(rows, episode, shot)
 
-        if data.num_rows == 0:
-            before = table.count_rows(scope)
-            if before:
-                self._retry(lambda: table.delete(scope))
-            return ReplaceResult(episode, shot, 0, 0, 0, before, table.version)
-
-        result = self._retry(
-            lambda: table.merge_insert(fs.ID)
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .when_not_matched_by_source_delete(scope)
-            .execute(data)
-        )
-        return ReplaceResult(
-            episode,
-            shot,
-            data.num_rows,
-            int(result.num_inserted_rows),
-            int(result.num_updated_rows),
-            int(result.num_deleted_rows),
-            int(result.version),
-        )
+        return _replace_scope(table, data, scope, episode, shot)
 
     def update_clusters(self, rows: pa.Table) -> int:
         """Write cluster columns (by id) back without touching vectors or other columns.
@@ -326,14 +305,7 @@ class FrameTables:
         return name in set(self._list_tables())
 
     def _list_tables(self) -> list[str]:
-        names: list[str] = []
-        token = None
-        while True:  # list_tables is paginated
-            page = self.db.list_tables(page_token=token)
-            names.extend(page.tables)
-            token = page.page_token
-            if not token:
-                return names
+        return _list_tables(self.db)
 
     @staticmethod
     def _retry(op):
@@ -362,3 +334,100 @@ def rows_from_records(records: list[dict[str, Any]], dim: int) -> pa.Table:
     """Build a frames table from a list of dicts (tests, small writers); missing keys -> null."""
     schema = fs.frames_schema(dim)
     return pa.Table.from_pylist(records, schema=schema) if records else schema.empty_table()
+
+
+class KeyedTable:
+    """A per-frame side table keyed by the frames' `id` (layers now; pose, faces later).
+
+    Same write rule as `frames`: each shot's rows replaced in ONE merge_insert commit on an
+    unenforced primary key, so re-running a partition never duplicates or drops rows.
+    """
+
+    def __init__(self, db_uri: str | Path, name: str, schema: pa.Schema,
+                 storage_options: dict[str, str] | None = None):
+        self.db_uri = str(db_uri)
+        self.name = name
+        self.schema = schema
+        self.db = lancedb.connect(self.db_uri, storage_options=storage_options,
+                                  read_consistency_interval=timedelta(0))
+        self._table = None
+
+    @property
+    def table(self):
+        if self._table is None:
+            if self.name in set(_list_tables(self.db)):
+                self._table = self.db.open_table(self.name)
+            else:
+                try:
+                    self._table = self.db.create_table(self.name, schema=self.schema)
+                except (ValueError, OSError, RuntimeError):
+                    if self.name not in set(_list_tables(self.db)):
+                        raise
+                    self._table = self.db.open_table(self.name)
+            field = self._table.schema.field(fs.ID)
+            if not (field.metadata and PRIMARY_KEY_META in field.metadata):
+                try:
+                    self._table.set_unenforced_primary_key(fs.ID)
+                except Exception:
+                    field = self.db.open_table(self.name).schema.field(fs.ID)
+                    if not (field.metadata and PRIMARY_KEY_META in field.metadata):
+                        raise
+        return self._table
+
+    @property
+    def version(self) -> int:
+        return self.table.version
+
+    def replace_partition(self, episode: str, shot: str, records: list[dict[str, Any]]) -> ReplaceResult:
+        episode = validate_key(episode, "episode")
+        shot = validate_key(shot, "shot")
+        scope = partition_filter(episode, shot)
+        now = datetime.now(timezone.utc)
+        rows = [{**r, fs.UPDATED_AT: r.get(fs.UPDATED_AT, now)} for r in records]
+        data = pa.Table.from_pylist(rows, schema=self.schema) if rows else self.schema.empty_table()
+        prefix = f"{episode}/{shot}/"
+        for r in rows:
+            if r.get(fs.EPISODE) != episode or r.get(fs.SHOT) != shot or not str(r.get(fs.ID)).startswith(prefix):
+                raise FramesTableError(f"{self.name}: row {r.get(fs.ID)!r} is not of partition {episode}/{shot}")
+        return _replace_scope(self.table, data, scope, episode, shot)
+
+    def count(self, episode: str | None = None, shot: str | None = None) -> int:
+        return self.table.count_rows(partition_filter(episode, shot))
+
+    def read_partition(self, episode: str, shot: str | None = None) -> pa.Table:
+        query = self.table.search().where(partition_filter(episode, shot)).limit(None)
+        return query.to_arrow().sort_by(fs.ID)
+
+
+def _list_tables(db) -> list[str]:
+    names: list[str] = []
+    token = None
+    while True:  # list_tables is paginated
+        page = db.list_tables(page_token=token)
+        names.extend(page.tables)
+        token = page.page_token
+        if not token:
+            return names
+
+
+def _replace_scope(table, data: pa.Table, scope: str, episode: str, shot: str) -> ReplaceResult:
+    """Make `scope` hold exactly `data` in one commit (an empty `data` deletes the scope)."""
+    if data.num_rows == 0:
+        before = table.count_rows(scope)
+        if before:
+            FrameTables._retry(lambda: table.delete(scope))
+        return ReplaceResult(episode, shot, 0, 0, 0, before, table.version)
+    _check_unique_ids(data)
+    result = FrameTables._retry(
+        lambda: table.merge_insert(fs.ID)
+        .when_matched_update_all()
+        .when_not_matched_insert_all()
+        .when_not_matched_by_source_delete(scope)
+        .execute(data)
+    )
+    return ReplaceResult(episode, shot, data.num_rows, int(result.num_inserted_rows),
+                         int(result.num_updated_rows), int(result.num_deleted_rows), int(result.version))
+
+
+def layers_table(db_uri: str | Path, storage_options: dict[str, str] | None = None) -> KeyedTable:
+    return KeyedTable(db_uri, fs.LAYERS_TABLE, fs.layers_schema(), storage_options)

@@ -61,3 +61,34 @@ def curve_plot(curves: dict[str, np.ndarray], marks: list[int] = (), width: int 
         pts = np.stack([np.arange(width), (height - 1 - top * (height - 2)).astype(np.int32)], 1)
         cv2.polylines(img, [pts.reshape(-1, 1, 2)], False, col, 1)
     return img
+
+
+def _checkerboard(h: int, w: int, cell: int = 8) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    board = np.where(((yy // cell) + (xx // cell)) % 2 == 0, 200, 140).astype(np.uint8)
+    return np.dstack([board] * 3)
+
+
+def over_checkerboard(rgba: np.ndarray, cell: int = 8) -> np.ndarray:
+    """RGBA uint8 (straight alpha) over a grey checkerboard, so transparency shows."""
+    h, w = rgba.shape[:2]
+    a = rgba[..., 3:4].astype(np.float32) / 255.0
+    out = rgba[..., :3].astype(np.float32) * a + _checkerboard(h, w, cell).astype(np.float32) * (1 - a)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def layer_strip(rows: list[tuple[np.ndarray, ...]], tile_width: int = 192, gap: int = 2) -> np.ndarray:
+    """One row per frame of (frame RGB, character RGBA, effect RGBA, background RGB):
+    original | character on a checkerboard | effect on a checkerboard | background. RGB out."""
+    lines = []
+    for frame, character, effect, background in rows:
+        h, w = frame.shape[:2]
+        size = (tile_width, max(1, round(h * tile_width / w)))
+        tiles = [frame, over_checkerboard(character), over_checkerboard(effect), background]
+        tiles = [cv2.resize(t[..., :3], size, interpolation=cv2.INTER_AREA) for t in tiles]
+        sep = np.full((size[1], gap, 3), 32, np.uint8)
+        lines.append(np.hstack([x for t in tiles for x in (t, sep)][:-1]))
+    if not lines:
+        return np.zeros((8, 8, 3), np.uint8)
+    sep = np.full((gap, lines[0].shape[1], 3), 32, np.uint8)
+    return np.vstack([x for ln in lines for x in (ln, sep)][:-1])
