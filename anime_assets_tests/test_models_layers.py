@@ -45,15 +45,17 @@ def _save(graph, path: Path) -> Path:
     return path
 
 
-def isnet_standin(path: Path) -> Path:
+def isnet_standin(path: Path, logits: bool = False) -> Path:
     """skytnt/anime-seg isnetis.onnx signature: img 1x3x1024x1024 -> mask 1x1x1024x1024 in [0, 1].
-    Stand-in: P(character) = sigmoid(20 * (mean over RGB - 0.5)), i.e. bright pixels."""
+    Stand-in: P(character) = sigmoid(20 * (mean over RGB - 0.5)), i.e. bright pixels (`logits`:
+    without the final sigmoid)."""
     nodes = [
         helper.make_node("ReduceMean", ["img", "axes"], ["grey"], keepdims=1),
         helper.make_node("Sub", ["grey", "half"], ["centred"]),
-        helper.make_node("Mul", ["centred", "gain"], ["logits"]),
-        helper.make_node("Sigmoid", ["logits"], ["mask"]),
+        helper.make_node("Mul", ["centred", "gain"], ["mask" if logits else "logits"]),
     ]
+    if not logits:
+        nodes.append(helper.make_node("Sigmoid", ["logits"], ["mask"]))
     inits = [
         helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
         helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
@@ -154,6 +156,16 @@ def test_anime_seg_loads_from_hf_cache_offline(hf_cache):
     assert load_segmenter("anime-seg").session is seg.session
 
 
+def test_anime_seg_explicit_path_and_logit_output(tmp_path, hf_cache):
+    path = isnet_standin(tmp_path / "isnet-logits.onnx", logits=True)
+    seg = load_segmenter("auto", path=str(path))
+    assert isinstance(seg, IsnetSegmenter) and seg.model_id == f"anime-seg-isnetis@{registry.sha256_file(path)[:12]}"
+    rgb = bright_box_frame(200, 300, (50, 150, 100, 200))
+    prob = seg.predict(rgb)
+    assert 0.0 <= prob.min() and prob.max() <= 1.0
+    assert prob[60:140, 110:190].min() > 0.95 and prob[:40].max() < 0.05
+
+
 # ---------------------------------------------------------------- LaMa through "auto"
 def test_lama_loads_from_hf_cache_offline(hf_cache):
     cached = put_in_hf_cache(hf_cache, "Carve/LaMa-ONNX", "lama_fp32.onnx", lama_standin)
@@ -229,7 +241,7 @@ def test_fallbacks_offline_with_empty_cache(hf_cache, monkeypatch):
     assert isinstance(seg, MediapipeSegmenter)
     assert seg.model_id == "mediapipe-selfie-0.10.21"
     assert seg.fallback_reason.startswith("anime-seg-isnetis unavailable (")
-    assert "HF_HUB_OFFLINE" in seg.fallback_reason and seg.fallback_reason.endswith("using mediapipe-selfie-0.10.21")
+    assert "HF_HUB_OFFLINE" in seg.fallback_reason and "\n" not in seg.fallback_reason
 
     with pytest.raises(ModelUnavailable) as err:
         load_segmenter("anime-seg", allow_download=False)
@@ -341,3 +353,29 @@ def test_bundled_models_extraction_checks_digests(tmp_path):
     bad = dict(wanted, **{"pose_detection.tflite": "0" * 64})
     with pytest.raises(SystemExit, match="sha256"):
         script.extract(wheel, bad, tmp_path / "out2")
+
+
+def test_download_path_when_online(hf_cache, monkeypatch):
+    """Online with downloads allowed, a missing file is fetched into the cache via huggingface_hub
+    (stubbed here: no network in tests); a failed download is a one-line ModelUnavailable."""
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    calls = []
+
+    def fake_download(repo_id, filename, *, cache_dir, etag_timeout, **kwargs):
+        calls.append((repo_id, filename, Path(cache_dir)))
+        return str(put_in_hf_cache(Path(cache_dir), repo_id, filename, isnet_standin))
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    seg = load_segmenter("auto")
+    assert isinstance(seg, IsnetSegmenter) and calls == [("skytnt/anime-seg", "isnetis.onnx", hf_cache)]
+
+    def failing_download(*args, **kwargs):
+        raise OSError("Network is unreachable\nmore detail on a second line")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", failing_download)
+    inp = load_inpainter("auto")
+    assert isinstance(inp, TeleaInpainter)
+    assert "could not download hf-hub:Carve/LaMa-ONNX/lama_fp32.onnx: OSError: Network is unreachable" in inp.fallback_reason
+    assert "\n" not in inp.fallback_reason

@@ -12,7 +12,9 @@
 Frames of any size: a box around the hole with context on every side (at least 512 px when the
 frame allows, so small holes are filled at native resolution) is resized to the model input,
 filled, resized back, and only the hole pixels are pasted: pixels outside the hole never change.
-When "auto" falls back, the inpainter's ``fallback_reason`` says why.
+When "auto" falls back, the inpainter's ``fallback_reason`` says why (one line, e.g. "lama-onnx
+unavailable (hf-hub:Carve/LaMa-ONNX/lama_fp32.onnx is not in ... and HF_HUB_OFFLINE is set)");
+log it with ``model_id``. None when LaMa loaded.
 """
 
 from __future__ import annotations
@@ -156,11 +158,13 @@ def load_lama(path: str | os.PathLike | None = None, *, allow_download: bool = T
         file = hub_file(LAMA_REPO, LAMA_FILE, allow_download=allow_download)
     session = onnx_session(file, LAMA)
     inputs = session.get_inputs()
+    by_name = {i.name: i for i in inputs}
     by_channels = {}
     for inp in inputs:
         if len(inp.shape) == 4:
             by_channels.setdefault(inp.shape[1], inp)
-    image, mask = by_channels.get(3), by_channels.get(1)
+    image = by_name.get("image") or by_channels.get(3)
+    mask = by_name.get("mask") or by_channels.get(1)
     if len(inputs) != 2 or image is None or mask is None:
         got = [(i.name, i.shape) for i in inputs]
         raise ModelUnavailable(f"{LAMA}: {file} has inputs {got}, expected image 1x3xSxS and mask 1x1xSxS")
@@ -188,4 +192,4 @@ def load_inpainter(name: str = "auto", *, allow_download: bool = True, path: str
     try:
         return load_lama(None, allow_download=allow_download)
     except ModelUnavailable as exc:
-        return TeleaInpainter(fallback_reason=f"{LAMA} unavailable ({exc.reason}); using {TELEA}")
+        return TeleaInpainter(fallback_reason=f"{LAMA} unavailable ({exc.reason})")

@@ -13,9 +13,10 @@
   clip it beat either alone (mean IoU 0.91 vs 0.90 general / 0.88 landscape) for ~7 ms a frame.
 * otherwise `ModelUnavailable(reason)`.
 
-When "auto" falls back, the returned segmenter's ``fallback_reason`` says why, e.g.
-"anime-seg-isnetis unavailable (hf-hub:skytnt/anime-seg/isnetis.onnx is not in the Hugging Face
-cache at ... and HF_HUB_OFFLINE is set); using mediapipe-selfie-0.10.21". Sessions and interpreters
+When "auto" falls back, the returned segmenter's ``fallback_reason`` says why (one line, without
+the "using ..." part: log it with ``model_id``), e.g. "anime-seg-isnetis unavailable
+(hf-hub:skytnt/anime-seg/isnetis.onnx is not in the Hugging Face cache at ... and HF_HUB_OFFLINE
+is set)"; it is None when the first choice loaded. Sessions and interpreters
 are cached per process, keyed by the model file (path, size, mtime).
 
 No Dagster here; `hub_file` and `onnx_session` are shared with `anime_assets.models.inpaint`.
@@ -163,6 +164,8 @@ class IsnetSegmenter:
         pixels = np.ascontiguousarray(canvas.transpose(2, 0, 1)[None])
         out = np.asarray(self.session.run(None, {self.input_name: pixels})[0], np.float32)
         mask = _as_2d(out)
+        if mask.min() < -0.01 or mask.max() > 1.01:  # an export that stops before the sigmoid
+            mask = 1.0 / (1.0 + np.exp(-np.clip(mask, -50, 50)))
         if mask.shape != (s, s):
             mask = cv2.resize(mask, (s, s), interpolation=cv2.INTER_LINEAR)
         mask = np.ascontiguousarray(mask[top : top + nh, left : left + nw])
@@ -315,5 +318,5 @@ def load_segmenter(name: str = "auto", *, allow_download: bool = True, path: str
         segmenter = load_mediapipe_selfie()
     except ModelUnavailable as exc:
         raise ModelUnavailable(f"no segmentation model: {ANIME_SEG}: {first}; {MEDIAPIPE_SELFIE}: {exc.reason}") from exc
-    segmenter.fallback_reason = f"{ANIME_SEG} unavailable ({first}); using {segmenter.model_id}"
+    segmenter.fallback_reason = f"{ANIME_SEG} unavailable ({first})"
     return segmenter
