@@ -54,7 +54,7 @@ __all__ = ["refine_alpha", "DEFAULTS"]
 
 #: Tuning knobs accepted as keyword arguments by :func:`refine_alpha`.
 DEFAULTS = dict(
-    work_px=960,          # decide at most at this long side; re-flood the boundary at full res
+    work_px=640,          # decide at most at this long side; re-flood the boundary at full res
     band_frac=0.01,       # default band radius as a fraction of the long side (working res)
     band_min=4,           # ... but at least this many pixels
     tile_frac=0.05,       # colour-model tile size as a fraction of the long side
@@ -70,7 +70,8 @@ DEFAULTS = dict(
     bg_carve=8,           # core pixels this close to the background become undecided...
     bg_carve_max=0.3,     # ... unless more than this fraction of the core would (plate unreliable)
     min_region_frac=5e-4,  # islands / holes smaller than this fraction of the frame flip
-    strip_px=2,           # full-res re-flooding strip half-width, in working-res pixels
+    up_blur=0.7,          # smoothing (working-res px) of the decision before upsampling
+    strip_px=1,           # full-res re-flooding strip half-width, in working-res pixels
     aa_radius=1,          # guided-filter radius of the anti-aliasing (full-res pixels)
     aa_eps=0.02,          # guided-filter regularisation (colours in [0, 1])
 )
@@ -257,8 +258,8 @@ def _reflood(rgb, fg, background, k):
 
 def _guided(I: np.ndarray, p: np.ndarray, r: int, eps: float, where: np.ndarray) -> np.ndarray:
     """Colour guided filter (He et al.) of ``p`` with guide ``I`` (float32 HxWx3 in
-    [0, 1]); exact at pixels within ``r`` of ``where`` (the linear coefficients
-    are solved only there), arbitrary elsewhere."""
+    [0, 1]) at the pixels of ``where`` (in raster order); the linear
+    coefficients are solved only within ``r`` of them."""
     ksz = (2 * r + 1, 2 * r + 1)
 
     def box(x):
@@ -282,7 +283,8 @@ def _guided(I: np.ndarray, p: np.ndarray, r: int, eps: float, where: np.ndarray)
     b = np.zeros(p.shape, np.float32)
     a[yy, xx] = a_s
     b[yy, xx] = mp[yy, xx] - (a_s * m).sum(axis=1)
-    return (box(a) * I).sum(axis=2) + box(b)
+    ey, ex = np.nonzero(where)
+    return (box(a)[ey, ex] * I[ey, ex]).sum(axis=1) + box(b)[ey, ex]
 
 
 def _soften(rgb, fg, background, p):
@@ -297,21 +299,29 @@ def _soften(rgb, fg, background, p):
     y0, y1, x0, x1 = box
     sub_fg = fg[y0:y1, x0:x1]
     sub_edge = edge[y0:y1, x0:x1]
-    I = rgb[y0:y1, x0:x1].astype(np.float32) / 255.0
-    soft = np.clip(_guided(I, sub_fg.astype(np.float32), r, float(p["aa_eps"]), sub_edge), 0.0, 1.0) if r > 0 else sub_fg.astype(np.float32)
+    ey, ex = np.nonzero(sub_edge)
+    on = sub_fg[ey, ex] > 0
+    if r > 0:
+        I = rgb[y0:y1, x0:x1].astype(np.float32) / 255.0
+        soft = np.clip(_guided(I, sub_fg.astype(np.float32), r, float(p["aa_eps"]), sub_edge), 0.0, 1.0)
+    else:
+        soft = on.astype(np.float32)
     if background is not None:
         rgbf = rgb[y0:y1, x0:x1].astype(np.float32)
-        bgf = background[y0:y1, x0:x1].astype(np.float32)
-        fset = cv2.erode(sub_fg, _K3) > 0
-        if fset.any():
-            a, den = _bg_alpha(rgbf, bgf, fset)
-            ok = den > p["bg_min_contrast"] ** 2
-            soft = np.where(ok, np.clip(a, 0.0, 1.0), soft)
+        # F: mean colour of the confident foreground within a few pixels (box filters: cheap at full res)
+        fset = (cv2.erode(sub_fg, _K3) > 0).astype(np.float32)
+        k = (2 * r + 5, 2 * r + 5)
+        n = cv2.boxFilter(fset, -1, k, normalize=False)[ey, ex]
+        F = cv2.boxFilter(rgbf * fset[..., None], -1, k, normalize=False)[ey, ex] / np.maximum(n, 1e-6)[:, None]
+        Bv = background[y0:y1, x0:x1][ey, ex].astype(np.float32)
+        fb = F - Bv
+        den = (fb * fb).sum(axis=1)
+        a = ((rgbf[ey, ex] - Bv) * fb).sum(axis=1) / np.maximum(den, 1e-6)
+        ok = (n > 0.5) & (den > p["bg_min_contrast"] ** 2)
+        soft = np.where(ok, np.clip(a, 0.0, 1.0), soft)
     # keep every pixel on its side of 0.5
-    on = sub_fg > 0
-    soft = np.where(on, np.maximum(soft, 0.5), np.minimum(soft, 0.499))
-    out = alpha[y0:y1, x0:x1]
-    out[sub_edge] = soft[sub_edge]
+    soft = np.where(on, np.maximum(soft, 0.51), np.minimum(soft, 0.49))
+    alpha[y0 + ey, x0 + ex] = soft
     return alpha
 
 
@@ -368,9 +378,9 @@ def refine_alpha(rgb: np.ndarray, coarse: np.ndarray, *, background: np.ndarray 
     amin = p["min_region_frac"] * hw * ww
     fg = _segment(rgb_w, c_w, bg_w, r, p, amin)
     if s < 1.0:
-        up = cv2.resize(fg.astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
+        sm = cv2.GaussianBlur(fg.astype(np.float32), (0, 0), p["up_blur"]) if p["up_blur"] > 0 else fg.astype(np.float32)
+        up = cv2.resize(sm, (W, H), interpolation=cv2.INTER_LINEAR)
         fg = (up >= 0.5).astype(np.uint8)
         k = max(1, int(math.ceil(p["strip_px"] / s)))
         fg = _reflood(rgb, fg, background, k)
-        fg = _flip_small(fg, p["min_region_frac"] * H * W)
     return _soften(rgb, fg, background, p)
