@@ -86,6 +86,10 @@ def _max3(x: np.ndarray) -> np.ndarray:
     return np.maximum(np.maximum(x[..., 0], x[..., 1]), x[..., 2])
 
 
+def _sum3(x: np.ndarray) -> np.ndarray:
+    return x[..., 0] + x[..., 1] + x[..., 2]
+
+
 def _min3(x: np.ndarray) -> np.ndarray:
     return np.minimum(np.minimum(x[..., 0], x[..., 1]), x[..., 2])
 
@@ -110,7 +114,7 @@ def invert_effect(frame_f: np.ndarray, rgba: np.ndarray, blend: str) -> np.ndarr
     """The base S under an effect layer: -> float32 (H, W, 3) in [0, 1] (unknown where a
     'normal' layer is opaque: the frame is returned there)."""
     C, a = rgba[..., :3], rgba[..., 3:4]
-    P = C * a
+    P = C * a  # works for (H, W, 4) and (N, 4)
     if blend == "add":
         S = frame_f - P
     elif blend == "screen":
@@ -131,19 +135,38 @@ def _bbox(m: np.ndarray):
     return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
 
 
-def _clean(mask: np.ndarray, strength: np.ndarray, min_area: int, strong: float) -> np.ndarray:
+def _clean(mask: np.ndarray, strength: np.ndarray, min_area: int, strong: float, f: int = 1) -> np.ndarray:
     """Drop connected components smaller than ``min_area`` pixels unless their peak
     ``strength`` reaches ``strong`` (compression speckle is weak; a bit of glow seen through
-    a gap of the character is not). uint8 0/1 in, bool out."""
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    if n <= 1:
-        return mask.astype(bool)
-    keep = stats[:, cv2.CC_STAT_AREA] >= min_area
-    small = np.flatnonzero(~keep)
-    if small.size:
-        keep[np.unique(lab[strength >= strong])] = True
+    a gap of the character is not). Components are found on a max-pooled copy (cells of
+    f x f pixels) for speed. bool in, bool out."""
+    if f > 1:
+        h, w = mask.shape
+        hs, ws = (h + f - 1) // f, (w + f - 1) // f
+        m8 = np.zeros((hs * f, ws * f), np.uint8)
+        m8[:h, :w] = mask
+        st = np.zeros((hs * f, ws * f), np.uint8)
+        st[:h, :w] = strength
+        st[:h, :w][~mask] = 0
+        ker = np.ones((f, f), np.uint8)
+        small = cv2.dilate(m8, ker, anchor=(0, 0))[::f, ::f]
+        s_small = cv2.dilate(st, ker, anchor=(0, 0))[::f, ::f]
+        area_scale = f * f
+    else:
+        small, s_small, area_scale = mask.view(np.uint8), strength, 1
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(small, connectivity=8)
+    if n <= 1:  # nothing but background
+        return mask
+    keep = stats[:, cv2.CC_STAT_AREA] * area_scale >= min_area
+    if not keep[1:].all():
+        keep[np.unique(lab[(s_small >= strong) & (small > 0)])] = True
     keep[0] = False
-    return keep[lab]
+    if keep[1:].all():
+        return mask
+    ks = keep[lab].view(np.uint8)
+    if f > 1:
+        ks = cv2.resize(ks, (ks.shape[1] * f, ks.shape[0] * f), interpolation=cv2.INTER_NEAREST)[:mask.shape[0], :mask.shape[1]]
+    return mask & (ks > 0)
 
 
 def _blend(S: np.ndarray, C: np.ndarray, a: np.ndarray, mode: str) -> np.ndarray:
@@ -163,233 +186,21 @@ def _smooth_colour_error(F, S, C, a, fp, mode: str, k: int) -> float:
     wsum = cv2.boxFilter(w, -1, (k, k), normalize=False)
     Cs = cv2.boxFilter(C * w[..., None], -1, (k, k), normalize=False) / np.maximum(wsum, 1e-9)[..., None]
     R = _blend(S, Cs, a[..., None], mode)
-    e = np.abs(R - F).max(axis=2)
+    e = _max3(np.abs(R - F))
     n = int(np.count_nonzero(fp))
     return float(e[fp].sum()) / n if n else 0.0
 
 
-def _propagate(field: np.ndarray, known: np.ndarray, cap: np.ndarray, todo: np.ndarray, iters: int,
-               decay: float = 1.0, floor: np.ndarray | None = None) -> np.ndarray:
-    """Fill ``todo`` pixels of ``field`` (H, W, C) front by front from ``known`` ones: each
-    new pixel takes ``decay`` times the mean of its known 3x3 neighbours, clipped to
-    [``floor``, ``cap``]. Pixels not reached in ``iters`` fronts get ``floor`` (or 0)."""
-    f = np.where(known[..., None], field, 0.0).astype(np.float32)
-    k = known.astype(np.float32)
-    todo = todo & ~known
-    for _ in range(iters):
-        if not todo.any():
-            break
-        num = cv2.boxFilter(f, -1, (3, 3), normalize=False).reshape(f.shape)
-        den = cv2.boxFilter(k, -1, (3, 3), normalize=False)
-        new = todo & (den > 0.5)
-        if not new.any():
-            break
-        v = np.minimum(num[new] / den[new][:, None] * decay, cap[new])
-        if floor is not None:
-            v = np.maximum(v, floor[new])
-        f[new] = v
-        k[new] = 1.0
-        todo = todo & ~new
-    if floor is not None and todo.any():
-        f[todo] = floor[todo]
-    return f
-
-
-# ------------------------------------------------------------------------ main
-def extract_effects(frame, background, char_alpha, *, char_reference=None, noise: float = 5.0,
-                    min_area_frac: float = 2e-4, mode_margin: float = 0.2, darken_frac: float = 0.05,
-                    cap_window: int = 0, max_fronts: int = 0, reach: float = 1.0,
-                    line_min: float = 0.4, line_resid: float = 3.0) -> tuple:
-    """Effect layer of one frame and the character's colours with the effect taken off.
-
-    frame, background: (H, W, 3) uint8 RGB; char_alpha: (H, W) float32 in [0, 1];
-    char_reference: optional (H, W, 3) uint8 character colours without effects.
-    Tuning: ``noise`` (8-bit levels of residual treated as compression noise),
-    ``min_area_frac`` (smallest effect component, share of the frame), ``mode_margin``
-    (relative margin by which an additive mode must explain the footprint better than 'normal'), ``darken_frac`` (share of the
-    footprint's energy that darkens the background above which only 'normal' fits),
-    ``cap_window`` / ``max_fronts`` (0: from the frame size), ``reach`` (px at 640 wide over
-    which an effect seen around the character fades when followed inside it).
-
-    -> (EffectEstimate, character_rgb (H, W, 3) uint8). ``character_rgb`` is the straight
-    (un-premultiplied) character colour where ``char_alpha > 0`` and the frame elsewhere,
-    so that ``recompose(background, (character_rgb, char_alpha), effect.rgba, effect.blend)``
-    reproduces the frame."""
-    F8 = np.ascontiguousarray(frame)
-    B8 = np.ascontiguousarray(background)
-    if F8.shape != B8.shape or F8.ndim != 3 or F8.shape[2] != 3:
-        raise ValueError(f"frame {F8.shape} and background {B8.shape} must be (H, W, 3)")
-    H, W = F8.shape[:2]
-    A = np.clip(np.asarray(char_alpha, np.float32), 0.0, 1.0)
-    if A.shape != (H, W):
-        raise ValueError(f"char_alpha {A.shape} != frame {(H, W)}")
-    R8 = None if char_reference is None else np.ascontiguousarray(char_reference)
-    scale = max(H, W) / 640.0
-    cap_window = cap_window or max(3, int(round(3 * scale)) | 1)
-    max_fronts = max_fronts or int(round(60 * max(1.0, scale)))
-    min_area = max(4, int(round(min_area_frac * H * W)))
-
-    # ---- footprint: where the frame differs from what background (+ reference) explain
-    inside = A > _CHAR_EPS
-    if R8 is not None:
-        base8 = _base_u8(B8, R8, A)
-        diff = cv2.absdiff(F8, base8)
-        known = np.ones((H, W), bool)
-    else:
-        base8 = B8
-        diff = cv2.absdiff(F8, B8)
-        known = ~inside
-    dmax = cv2.max(cv2.max(diff[..., 0], diff[..., 1]), diff[..., 2])
-    cand = ((dmax > noise) & known).astype(np.uint8)
-    foot = _clean(cand, dmax, min_area, 6.0 * noise)
-    bb = _bbox(foot)
-    if bb is None:
-        return _empty(H, W), _character_rgb(F8, B8, A, None, "normal", R8)
-
-    # ---- working region: the footprint's box, grown so the effect can be followed over the character
-    pad = int(round(0.15 * max(bb[2] - bb[0], bb[3] - bb[1]))) + cap_window + 2
-    x0, y0, x1, y1 = max(0, bb[0] - pad), max(0, bb[1] - pad), min(W, bb[2] + pad), min(H, bb[3] + pad)
-    sl = (slice(y0, y1), slice(x0, x1))
-    F = F8[sl].astype(np.float32) * (1.0 / 255.0)
-    S = base8[sl].astype(np.float32) * (1.0 / 255.0)
-    fp = foot[sl]
-    kn = known[sl]
-    ins = inside[sl]
-    d = F - S
-
-    # ---- blend mode
-    energy = dmax[sl].astype(np.float32) * fp
-    dark = _min3(d) < -noise / 255.0
-    etot = float(energy.sum())
-    dark_share = float((energy * dark).sum()) / max(etot, 1e-6)
-    k = max(9, int(round(9 * scale)) | 1)
-    w_norm = np.where(fp, _normal_alpha(F, S), 0.0).astype(np.float32)
-    C_norm = np.clip(S + d / np.maximum(w_norm, 1e-3)[..., None], 0.0, 1.0)
-    # saturated pixels say little about the mode ('add' clips there): left out of the test
-    fm = fp & (_max3(F) < 250.0 / 255.0) & (_max3(S) < 250.0 / 255.0)
-    if np.count_nonzero(fm) < max(16, np.count_nonzero(fp) // 10):
-        fm = fp
-    rough = {"normal": _smooth_colour_error(F, S, C_norm, w_norm * fm, fm, "normal", k)}
-    fields = {}
-    if dark_share <= darken_frac:
-        for m in ("add", "screen"):
-            P = np.where(fp[..., None], _additive_field(F, S, m), 0.0).astype(np.float32)
-            a = _max3(P)
-            fields[m] = P
-            rough[m] = _smooth_colour_error(F, S, P / np.maximum(a, 1e-3)[..., None], a * fm, fm, m, k)
-    _debug["rough"] = rough
-    blend = "normal"
-    best = min(rough, key=rough.get)
-    if best != "normal" and rough[best] + 0.25 / 255.0 < (1.0 - mode_margin) * rough["normal"]:
-        blend = best
-
-    # ---- effect where the base is known
-    h, w = fp.shape
-    rgba = np.zeros((h, w, 4), np.float32)
-    if blend == "normal":
-        a = w_norm
-        rgba[..., :3] = np.where(fp[..., None], C_norm, 0.0)
-        rgba[..., 3] = a
-    else:
-        P = fields[blend]
-        a = _max3(P)
-        rgba[..., :3] = np.where(a[..., None] > 0, P / np.maximum(a, 1e-6)[..., None], 0.0)
-        rgba[..., 3] = a
-
-    # ---- over the character (base unknown)
-    if R8 is None and ins.any():
-        fill = _over_character(F, S, A[sl], rgba, blend, fp, kn, ins, cap_window, max_fronts, noise,
-                               float(np.exp(-1.0 / (reach * scale))), line_min, line_resid,
-                               max(5, int(round(11 * scale)) | 1))
-        rgba = np.where(ins[..., None], fill, rgba)
-
-    rgba[..., 3] = np.where(rgba[..., 3] > 0.5 / 255.0, rgba[..., 3], 0.0)
-    out = np.zeros((H, W, 4), np.float32)
-    out[sl] = rgba
-    cov = float(np.count_nonzero(out[..., 3] > 1.0 / 255.0)) / float(H * W)
-    est = EffectEstimate(out, blend if cov > 0 else "normal", cov)
-    return est, _character_rgb(F8, B8, A, out, blend, R8)
-
-
-def _base_u8(B8: np.ndarray, R8: np.ndarray, A: np.ndarray) -> np.ndarray:
-    """background * (1 - A) + reference * A, uint8."""
-    a = A[..., None]
-    return np.clip(B8.astype(np.float32) * (1.0 - a) + R8.astype(np.float32) * a + 0.5, 0, 255).astype(np.uint8)
-
-
-def _over_character(F, S, Aroi, rgba, blend, fp, kn, ins, cap_window, max_fronts, noise, decay,
-                    line_min=0.4, line_resid=3.0, line_window=11):
-    """Effect rgba over character pixels (base unknown), see the module docstring."""
-    h, w = fp.shape
-    ker = np.ones((cap_window, cap_window), np.uint8)
-    out = np.zeros((h, w, 4), np.float32)
-    if blend in ("add", "screen"):
-        P = rgba[..., :3] * rgba[..., 3:4]
-        # the character colour X >= 0 bounds the effect per pixel: P <= field(F, S (1 - A));
-        # inside the character (A ~ 1) the field is smooth, so the bound holds over a window
-        cap = _additive_field(F, S * (1.0 - Aroi[..., None]), blend)
-        cap = np.where((Aroi < 0.99)[..., None], cap, cv2.erode(cap, ker))
-        # X <= 1 bounds it from below (only binds where the coverage is partial)
-        low = _additive_field(F, S * (1.0 - Aroi[..., None]) + Aroi[..., None], blend)
-        low = np.where((Aroi < 0.99)[..., None], np.minimum(low, cap), 0.0)
-        Pf = _propagate(P, kn, cap, ins, max_fronts, decay, low)
-        a = _max3(Pf)
-        a = np.where(a > noise / 255.0, a, 0.0)
-        out[..., :3] = np.where(a[..., None] > 0, Pf / np.maximum(a, 1e-6)[..., None], 0.0)
-        out[..., 3] = a
-        return out
-    # normal: (1) the layer seen around the character, followed a short way in (edges);
-    # (2) thin overlays of the effect's dominant colour; (3) broad colour-matching areas
-    a_out = rgba[..., 3]
-    sel = fp & (a_out > 0.25)
-    if not sel.any():
-        return out
-    Cdom = np.median(rgba[..., :3][sel], axis=0).astype(np.float32)  # dominant effect colour
-    prem = np.concatenate([rgba[..., :3] * a_out[..., None], a_out[..., None]], axis=2)
-    Pp = _propagate(prem, kn, np.ones_like(prem), ins, max_fronts, decay)
-    ap = Pp[..., 3]
-    Cp = np.where(ap[..., None] > 1e-3, Pp[..., :3] / np.maximum(ap, 1e-3)[..., None], Cdom)
-    # local character colour without the overlay: mean of the neighbours that are neither
-    # close to the effect colour nor on a first guess of the overlay (a 3x3 median base)
-    Fu = np.clip(F * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    Xm = cv2.medianBlur(Fu, 7).astype(np.float32) * (1.0 / 255.0)
-    t0 = _mix_position(F, Xm, Cdom)
-    near = (np.abs(F - Cdom).max(axis=2) < 0.2) | (t0 > 0.15)
-    free = cv2.dilate(near.astype(np.uint8), np.ones((3, 3), np.uint8)) == 0
-    wgt = free.astype(np.float32)
-    den = cv2.boxFilter(wgt, -1, (line_window, line_window), normalize=False)
-    Xb = cv2.boxFilter(F * wgt[..., None], -1, (line_window, line_window), normalize=False)
-    Xb = Xb / np.maximum(den, 1e-6)[..., None]
-    v = Cdom[None, None, :] - Xb
-    vv = (v * v).sum(axis=2)
-    t = _mix_position(F, Xb, Cdom)
-    resid = np.abs(F - (Xb + t[..., None] * v)).max(axis=2)
-    proj_ok = (den >= 3) & (vv > 0.02) & (resid < line_resid * noise / 255.0) & (t >= line_min)
-    a_proj = np.where(proj_ok & ins, t, 0.0)
-    match = np.abs(F - Cdom).max(axis=2) < 2 * noise / 255.0
-    am = _propagate(a_out[..., None], kn, match[..., None].astype(np.float32), ins, max_fronts)[..., 0]
-    a_col = np.maximum(a_proj, np.where(match, am, 0.0))
-    use_col = a_col > ap
-    a = np.where(use_col, a_col, ap)
-    C = np.where(use_col[..., None], Cdom, Cp)
-    # the smallest change of alpha that keeps the character colour inside [0, 1]
-    Smin = S * (1.0 - Aroi[..., None])
-    a = _feasible_alpha(F, C, a, Smin, Smin + Aroi[..., None])
-    a = np.where(a > noise / 255.0, a, 0.0)
-    out[..., :3] = np.where(a[..., None] > 0, C, 0.0)
-    out[..., 3] = a
-    return out
-
-
 def _mix_position(F, X, C):
-    """t in [0, 1] of the point of the segment X -> C closest to F (per pixel)."""
+    """t in [0, 1] of the point of the segment X -> C closest to F (per pixel, last axis RGB)."""
     v = C - X
-    return np.clip(((F - X) * v).sum(axis=2) / np.maximum((v * v).sum(axis=2), 1e-6), 0.0, 1.0)
+    return np.clip(_sum3((F - X) * v) / np.maximum(_sum3(v * v), 1e-6), 0.0, 1.0)
 
 
 def _feasible_alpha(F, C, a, Smin, Smax):
     """Alpha closest to ``a`` for which the base under a 'normal' layer of colour C,
-    ``S = (F - C a) / (1 - a)``, lies in [Smin, Smax] in every channel (a = 1 always does)."""
+    ``S = (F - C a) / (1 - a)``, lies in [Smin, Smax] in every channel (a = 1 always does).
+    Arrays (..., 3), ``a`` (...)."""
     d = F - C  # S = F + d * t with t = a / (1 - a)
     eps = 1e-4
     pos, neg = d > eps, d < -eps
@@ -397,41 +208,307 @@ def _feasible_alpha(F, C, a, Smin, Smax):
     lo = np.where(pos, (Smin - F) / dd, np.where(neg, (Smax - F) / dd, -np.inf))
     hi = np.where(pos, (Smax - F) / dd, np.where(neg, (Smin - F) / dd, np.inf))
     flat = ~(pos | neg)
-    bad = flat & ((F < Smin - 1e-3) | (F > Smax + 1e-3))  # unreachable channel: only a = 1 helps
+    bad = _max3(flat & ((F < Smin - 1e-3) | (F > Smax + 1e-3)))  # only a = 1 fixes it
     t_lo = np.maximum(_max3(lo), 0.0)
     t_hi = _min3(hi)
     t = a / np.maximum(1.0 - a, 1e-6)
     t = np.where(t_lo <= t_hi, np.clip(t, t_lo, t_hi), t_lo)
-    out = t / (1.0 + t)
-    out = np.where(bad.any(axis=2), np.where(a > 0.5, 1.0, a), out)
+    out = np.where(bad, np.where(a > 0.5, 1.0, a), t / (1.0 + t))
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def _character_rgb(F8, B8, A, effect, blend, R8) -> np.ndarray:
-    """Straight character colour with the effect taken off (the frame where A == 0):
-    ``X = (S - background (1 - A)) / A`` with S the base under the effect."""
-    out = F8.copy()
-    ins = A > _CHAR_EPS
-    bb = _bbox(ins)
-    if bb is None:
-        return out
-    sl = (slice(bb[1], bb[3]), slice(bb[0], bb[2]))
-    Ff = F8[sl].astype(np.float32) * (1.0 / 255.0)
-    if effect is None:
-        Sb = Ff
+def _f32(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+# ------------------------------------------------------------------------ main
+def extract_effects(frame, background, char_alpha, *, char_reference=None, noise: float = 5.0,
+                    min_area_frac: float = 2e-4, mode_margin: float = 0.2, darken_frac: float = 0.05,
+                    reach: float = 1.0, line_min: float = 0.4, line_resid: float = 3.0) -> tuple:
+    """Effect layer of one frame and the character's colours with the effect taken off.
+
+    frame, background: (H, W, 3) uint8 RGB (background: the estimated background layer);
+    char_alpha: (H, W) float32 in [0, 1] character coverage; char_reference: optional
+    (H, W, 3) uint8 character colours without effects.
+
+    Tuning (defaults measured on the fixtures, see test_effects_layer.py): ``noise``
+    (8-bit levels of residual taken as compression noise), ``min_area_frac`` (smallest
+    effect component, share of the frame, unless it is strong), ``mode_margin`` (relative
+    margin by which an additive mode must explain the footprint better than 'normal'),
+    ``darken_frac`` (share of the footprint's energy that darkens the background above
+    which only 'normal' fits), ``reach`` (px at 640 wide over which an effect seen around
+    the character fades when followed into it), ``line_min`` / ``line_resid`` (thin
+    'normal' overlays over the character: least alpha, largest misfit in noise units).
+
+    -> (EffectEstimate, character_rgb (H, W, 3) uint8). ``character_rgb`` is the straight
+    (un-premultiplied) character colour where ``char_alpha > 0`` and the frame elsewhere,
+    so that ``recompose(background, (character_rgb, char_alpha), effect.rgba, effect.blend)``
+    reproduces the frame (exactly up to 8-bit rounding, whatever the effect estimate, as
+    long as char_alpha is positive wherever the frame differs from the background
+    outside the effect)."""
+    F8 = np.ascontiguousarray(frame)
+    B8 = np.ascontiguousarray(background)
+    if F8.shape != B8.shape or F8.ndim != 3 or F8.shape[2] != 3 or F8.dtype != np.uint8 or B8.dtype != np.uint8:
+        raise ValueError(f"frame {F8.shape} and background {B8.shape} must be (H, W, 3) uint8")
+    H, W = F8.shape[:2]
+    A = np.asarray(char_alpha, np.float32)
+    if A.shape != (H, W):
+        raise ValueError(f"char_alpha {A.shape} != frame {(H, W)}")
+    A = np.clip(A, 0.0, 1.0)
+    R8 = None if char_reference is None else np.ascontiguousarray(char_reference, np.uint8)
+    scale = max(H, W) / 640.0
+    min_area = max(4, int(round(min_area_frac * H * W)))
+
+    # ---- footprint: where the frame differs from what background (+ reference) explain
+    inside = A > _CHAR_EPS
+    if R8 is not None:
+        base8 = _base_u8(B8, R8, A, inside)
+        known = None
     else:
-        rgba = effect[sl]
-        Sb = invert_effect(Ff, rgba, blend)
+        base8 = B8
+        known = ~inside
+    diff = cv2.absdiff(F8, base8)
+    dmax = cv2.max(cv2.max(diff[..., 0], diff[..., 1]), diff[..., 2])
+    cand = dmax > noise
+    if known is not None:
+        cand &= known
+    foot = _clean(cand, dmax, min_area, 6.0 * noise, max(1, int(round(scale))))
+    bb = _bbox(foot)
+    if bb is None:
+        return _empty(H, W), _character_rgb(F8, B8, A, inside, None, "normal", None)
+
+    # ---- working region: the footprint's box, grown by what the over-character steps look at
+    lw = max(5, int(round(11 * scale)) | 1)  # window of the local character colour
+    pad = lw + int(np.ceil(6 * reach * scale)) + 2
+    x0, y0, x1, y1 = max(0, bb[0] - pad), max(0, bb[1] - pad), min(W, bb[2] + pad), min(H, bb[3] + pad)
+    sl = (slice(y0, y1), slice(x0, x1))
+    fp = foot[sl]
+    h, w = fp.shape
+    F8r, S8r = F8[sl], base8[sl]
+
+    # ---- blend mode, decided on a decimated grid (every s-th pixel: exact values, no blur)
+    s = max(1, int(round(scale)), int(np.ceil(np.sqrt(h * w / 60000.0))))
+    blend = _choose_mode(_f32(F8r[::s, ::s]), _f32(S8r[::s, ::s]), fp[::s, ::s], noise, darken_frac, mode_margin,
+                         max(5, int(round(9 * scale / s)) | 1))
+    _debug["mode_step"] = s
+
+    # ---- the effect where the base is known: exact per-pixel inversion (footprint pixels only)
+    ys, xs = np.nonzero(fp)
+    Fp, Sp = _f32(F8r[ys, xs]), _f32(S8r[ys, xs])
+    out = np.zeros((H, W, 4), np.float32)
+    rgba = out[sl]  # a view: everything below writes into the output
+    if blend == "normal":
+        a = _normal_alpha(Fp, Sp)
+        C = np.clip(Sp + (Fp - Sp) / np.maximum(a, 1e-3)[:, None], 0.0, 1.0)
+    else:
+        P = _additive_field(Fp, Sp, blend)
+        a = _max3(P)
+        C = P / np.maximum(a, 1e-6)[:, None]
+    rgba[ys, xs, :3] = C
+    rgba[ys, xs, 3] = a
+
+    # ---- over the character (base unknown)
+    ins = inside[sl]
+    if R8 is None and ins.any():
+        if blend == "normal":
+            _normal_over_character(F8r, S8r, A[sl], rgba, fp, ins, noise, reach * scale, line_min, line_resid, lw)
+        else:
+            _additive_over_character(F8r, S8r, A[sl], rgba, blend, fp, ins, noise, reach * scale)
+
+    cov = float(np.count_nonzero(rgba[..., 3] > 1.0 / 255.0)) / float(H * W)
+    est = EffectEstimate(out, blend if cov > 0 else "normal", cov)
+    return est, _character_rgb(F8, B8, A, inside, (sl, rgba), blend, R8)
+
+
+def _choose_mode(F, S, fp, noise, darken_frac, margin, k) -> str:
+    """'normal', 'add' or 'screen': the mode under which the footprint is best explained by
+    a locally smooth colour (see the module docstring)."""
+    if not fp.any():
+        return "normal"
+    d = F - S
+    energy = _max3(np.abs(d)) * fp
+    dark = _min3(d) < -noise / 255.0
+    dark_share = float((energy * dark).sum()) / max(float(energy.sum()), 1e-9)
+    # saturated pixels say little about the mode ('add' clips there): left out of the test
+    fm = fp & (_max3(F) < 250.0 / 255.0) & (_max3(S) < 250.0 / 255.0)
+    if np.count_nonzero(fm) < max(16, np.count_nonzero(fp) // 10):
+        fm = fp
+    a = np.where(fm, _normal_alpha(F, S), 0.0).astype(np.float32)
+    C = np.clip(S + d / np.maximum(a, 1e-3)[..., None], 0.0, 1.0)
+    err = {"normal": _smooth_colour_error(F, S, C, a, fm, "normal", k)}
+    if dark_share <= darken_frac:
+        for m in ("add", "screen"):
+            P = np.where(fm[..., None], _additive_field(F, S, m), 0.0).astype(np.float32)
+            a = _max3(P)
+            err[m] = _smooth_colour_error(F, S, P / np.maximum(a, 1e-3)[..., None], a, fm, m, k)
+    _debug["mode_error"] = err
+    best = min(err, key=err.get)
+    if best != "normal" and err[best] + 0.25 / 255.0 < (1.0 - margin) * err["normal"]:
+        return best
+    return "normal"
+
+
+def _base_u8(B8: np.ndarray, R8: np.ndarray, A: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """background * (1 - A) + reference * A (uint8), computed over the character only."""
+    out = B8.copy()
+    ys, xs = np.nonzero(inside)
+    a = A[ys, xs][:, None]
+    v = B8[ys, xs].astype(np.float32) * (1.0 - a) + R8[ys, xs].astype(np.float32) * a
+    out[ys, xs] = np.clip(v + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+def _near_known(field: np.ndarray, fp: np.ndarray, band_px: int, ys, xs, reach_px: float):
+    """Estimate of ``field`` (h, w, c) at pixels (ys, xs) from the footprint pixels around
+    them (normalised box average over a (2 band_px + 1) window), faded by
+    exp(-distance / reach)."""
+    k = 2 * band_px + 1
+    num = cv2.boxFilter(field, -1, (k, k), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    den = cv2.boxFilter(fp.astype(np.float32), -1, (k, k), normalize=False, borderType=cv2.BORDER_CONSTANT)[ys, xs]
+    est = num.reshape(field.shape)[ys, xs] / np.maximum(den, 1e-6)[:, None]
+    dist = cv2.distanceTransform((~fp).view(np.uint8), cv2.DIST_L2, 3)[ys, xs]
+    fade = np.exp(-dist / max(reach_px, 1e-3)) * (den > 0.5)
+    return est * fade[:, None]
+
+
+def _additive_over_character(F8r, S8r, Ar, rgba, blend, fp, ins, noise, reach_px):
+    """'add' / 'screen' over character pixels near the footprint: the field seen next to
+    them, faded, kept inside what the frame allows (0 <= X <= 1 for the character colour;
+    inside the character the X >= 0 bound is taken over a small window)."""
+    band_px = max(1, int(np.ceil(3 * reach_px)))  # the fade is < 5 % beyond
+    ker = np.ones((2 * band_px + 1,) * 2, np.uint8)
+    # near the footprint, and every partial-coverage pixel (its floor keeps X <= 1)
+    band = ins & ((cv2.dilate(fp.view(np.uint8), ker) > 0) | (Ar < 0.99))
+    ys, xs = np.nonzero(band)
+    if ys.size == 0:
+        return
+    bb = (ys.min(), xs.min(), ys.max() + 1, xs.max() + 1)
+    y0, x0 = max(0, bb[0] - band_px - 1), max(0, bb[1] - band_px - 1)
+    cs = (slice(y0, bb[2] + band_px + 1), slice(x0, bb[3] + band_px + 1))
+    fy, fx = np.nonzero(fp[cs])
+    P = np.zeros(fp[cs].shape + (3,), np.float32)
+    e = rgba[cs][fy, fx]
+    P[fy, fx] = e[:, :3] * e[:, 3:4]
+    Pn = _near_known(P, fp[cs], band_px, ys - y0, xs - x0, reach_px)
+    Fb, Sb, ab = _f32(F8r[ys, xs]), _f32(S8r[ys, xs]), Ar[ys, xs][:, None]
+    cap = _additive_field(Fb, Sb * (1.0 - ab), blend)
+    win = max(3, int(round(3 * reach_px)) | 1)
+    Fe = _f32(cv2.erode(np.ascontiguousarray(F8r[cs]), np.ones((win, win), np.uint8))[ys - y0, xs - x0])  # field(F, 0) = F
+    cap = np.where(ab < 0.99, cap, np.minimum(cap, Fe))
+    low = np.where(ab < 0.99, np.minimum(_additive_field(Fb, Sb * (1.0 - ab) + ab, blend), cap), 0.0)
+    Pb = np.clip(Pn, low, cap)
+    a = _max3(Pb)
+    a = np.where(a > noise / 255.0, a, 0.0)
+    rgba[ys, xs, :3] = np.where(a[:, None] > 0, Pb / np.maximum(a, 1e-6)[:, None], 0.0)
+    rgba[ys, xs, 3] = a
+
+
+def _normal_over_character(F8r, S8r, Ar, rgba, fp, ins, noise, reach_px, line_min, line_resid, lw):
+    """'normal' over character pixels: (1) the layer seen next to them, faded (edges);
+    (2) thin overlays of the effect's dominant colour (skipped for a broad layer);
+    (3) areas of that colour connected to a strong part of the footprint (a broad layer
+    such as a flash) with the footprint's typical alpha; then the least change of alpha
+    that keeps the character colour inside [0, 1]."""
+    a_out = rgba[..., 3]
+    sel = fp & (a_out > 0.25)
+    if not sel.any():
+        return
+    Cdom = np.median(rgba[..., :3][sel], axis=0).astype(np.float32)  # dominant effect colour
+    bb = _bbox(ins)
+    cs = (slice(bb[1], bb[3]), slice(bb[0], bb[2]))
+    insc = ins[cs]
+    ys, xs = np.nonzero(insc)
+    F8c = np.ascontiguousarray(F8r[cs])
+    Fi = _f32(F8c[ys, xs])
+    # (1) continuation of the layer over the character's edge
+    band_px = max(1, int(np.ceil(3 * reach_px)))
+    prem = np.concatenate([rgba[..., :3] * a_out[..., None], a_out[..., None]], axis=2)[cs]
+    Pn = _near_known(np.ascontiguousarray(prem), fp[cs], band_px, ys, xs, reach_px)
+    ap = Pn[:, 3]
+    Cp = np.where(ap[:, None] > 1e-3, Pn[:, :3] / np.maximum(ap, 1e-3)[:, None], Cdom)
+    a_col = np.zeros(ys.size, np.float32)
+    broad = np.count_nonzero(sel) > 0.5 * np.count_nonzero(~ins)
+    if not broad:
+        a_col = _thin_overlay(F8c, Fi, ys, xs, Cdom, noise, line_min, line_resid, lw)
+    # (3) broad areas of the effect colour connected to a strong part of the footprint
+    match = (_max3(np.abs(_f32(F8c) - Cdom)) < 2 * noise / 255.0) & insc
+    if match.any():
+        seed = sel[cs]
+        n, lab = cv2.connectedComponents((match | seed).view(np.uint8), connectivity=8)
+        good = np.zeros(n, bool)
+        good[np.unique(lab[seed])] = True
+        good[0] = False
+        a_typ = float(np.median(a_out[sel]))
+        a_col = np.maximum(a_col, np.where(good[lab[ys, xs]] & match[ys, xs], a_typ, 0.0))
+    use_col = a_col > ap
+    a = np.where(use_col, a_col, ap)
+    C = np.where(use_col[:, None], Cdom, Cp)
+    Sb, ab = _f32(S8r[cs][ys, xs]), Ar[cs][ys, xs][:, None]
+    Smin = Sb * (1.0 - ab)
+    a = _feasible_alpha(Fi, C, a, Smin, Smin + ab)
+    a = np.where(a > noise / 255.0, a, 0.0)
+    sub = rgba[cs]
+    sub[ys, xs, :3] = np.where(a[:, None] > 0, C, 0.0)
+    sub[ys, xs, 3] = a
+
+
+def _thin_overlay(F8c, Fi, ys, xs, Cdom, noise, line_min, line_resid, lw):
+    """Alpha of thin overlays of colour ``Cdom`` at pixels (ys, xs) of F8c: the local
+    character colour is the mean of the neighbours that are neither close to Cdom nor on a
+    first guess of the overlay (estimated at ~640 px wide: a smooth field), and a pixel on
+    the segment from it towards Cdom (within ``line_resid`` noise units) gets the position
+    along it as alpha (at least ``line_min``)."""
+    h, w = F8c.shape[:2]
+    r = max(1, int(round(lw / 11.0)))  # lw: 11 px at 640 wide
+    small = F8c if r == 1 else cv2.resize(F8c, (max(1, w // r), max(1, h // r)), interpolation=cv2.INTER_AREA)
+    Fs = _f32(small)
+    Xm = _f32(cv2.medianBlur(small, 7))
+    near = (_max3(np.abs(Fs - Cdom)) < 0.2) | (_mix_position(Fs, Xm, Cdom) > 0.15)
+    free = (cv2.dilate(near.view(np.uint8), np.ones((3, 3), np.uint8)) == 0).astype(np.float32)
+    k = 11
+    den = cv2.boxFilter(free, -1, (k, k), normalize=False)
+    Xs = cv2.boxFilter(Fs * free[..., None], -1, (k, k), normalize=False) / np.maximum(den, 1e-6)[..., None]
+    if r > 1:
+        Xs = cv2.resize(Xs, (w, h), interpolation=cv2.INTER_LINEAR)
+        den = cv2.resize(den, (w, h), interpolation=cv2.INTER_LINEAR)
+    Xb = Xs[ys, xs]
+    v = Cdom - Xb
+    t = _mix_position(Fi, Xb, Cdom)
+    resid = _max3(np.abs(Fi - (Xb + t[:, None] * v)))
+    ok = (den[ys, xs] >= 3) & (_sum3(v * v) > 0.02) & (resid < line_resid * noise / 255.0) & (t >= line_min)
+    return np.where(ok, t, 0.0).astype(np.float32)
+
+
+def _character_rgb(F8, B8, A, inside, effect, blend, R8) -> np.ndarray:
+    """Straight character colour with the effect taken off (the frame where A == 0):
+    ``X = (S - background (1 - A)) / A`` with S the base under the effect. Only pixels
+    with partial coverage or under the effect are computed (elsewhere X = frame)."""
+    out = F8.copy()
+    need = inside & (A < 1.0)
+    if effect is not None:
+        sl, rgba = effect
+        sub = need[sl]
+        sub |= inside[sl] & (rgba[..., 3] > 0)
+    ys, xs = np.nonzero(need)
+    if ys.size == 0:
+        return out
+    Fi = _f32(F8[ys, xs])
+    if effect is not None:
+        sl, rgba = effect
+        y0, x0 = sl[0].start, sl[1].start
+        e = np.zeros((ys.size, 4), np.float32)
+        r = (ys >= y0) & (ys < sl[0].stop) & (xs >= x0) & (xs < sl[1].stop)
+        e[r] = rgba[ys[r] - y0, xs[r] - x0]
+        S = invert_effect(Fi, e, blend)
         if R8 is not None:  # where a 'normal' effect is opaque, the reference is all we know
-            opaque = rgba[..., 3] >= 0.999
-            if opaque.any():
-                base = _base_u8(B8[sl], R8[sl], A[sl]).astype(np.float32) * (1.0 / 255.0)
-                Sb = np.where(opaque[..., None], base, Sb)
-    a = A[sl][..., None]
-    Bf = B8[sl].astype(np.float32) * (1.0 / 255.0)
-    X = (Sb - Bf * (1.0 - a)) / np.maximum(a, 1e-3)
-    X8 = np.clip(X * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    region = out[sl]
-    m = ins[sl]
-    region[m] = X8[m]
+            opq = e[:, 3] >= 0.999
+            if opq.any():
+                a = A[ys[opq], xs[opq]][:, None]
+                S[opq] = (B8[ys[opq], xs[opq]].astype(np.float32) * (1.0 - a)
+                          + R8[ys[opq], xs[opq]].astype(np.float32) * a) / 255.0
+    else:
+        S = Fi
+    a = A[ys, xs][:, None]
+    X = (S - _f32(B8[ys, xs]) * (1.0 - a)) / np.maximum(a, 1e-3)
+    out[ys, xs] = np.clip(X * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return out
