@@ -11,15 +11,18 @@ turns the alphas of ONE shot into per-frame label images:
    nothing are dropped (specks).
 2. **Between frames**: every group is compared with every track in *plate
    coordinates* (frame pixel ``u`` shows plate pixel ``u + offset``), so a
-   camera pan does not move the characters.  Mask IoU (on a small grid) is the
-   affinity, matched one-to-one with the Hungarian algorithm
-   (``scipy.optimize.linear_sum_assignment``); a match needs IoU >=
-   ``min_iou``.
+   camera pan does not move the characters.  The affinity of two masks (on a
+   small grid) is the mean of their IoU and their overlap coefficient
+   (intersection over the smaller one, so a character half out of frame still
+   matches itself); groups and tracks are matched one-to-one with the
+   Hungarian algorithm (``scipy.optimize.linear_sum_assignment``); a match
+   needs affinity >= ``min_affinity``.
 3. **Leftovers**: a group that lies mostly (``absorb_frac``) inside the last
    mask of a track already matched in this frame joins it (a character split
    in two); a group near the last position of a track that is not visible in
    this frame (left, hidden, a flash frame) gets that track's id back
-   (centroid within ``reentry_frac`` of the track's size, Hungarian again);
+   (centroids within ``reentry_frac`` of the larger box diagonal, Hungarian
+   again);
    anything else starts a new id.
 
 Ids are 1..255 (0 = no character), assigned in order of first appearance.
@@ -42,7 +45,7 @@ DEFAULTS = dict(
     merge_frac=0.03,     # fragments within this fraction of the long side may join a bigger group
     merge_ratio=0.35,    # ... if smaller than this fraction of it
     grid_px=320,         # long side of the grid masks are compared on
-    min_iou=0.1,         # frame-to-frame match needs at least this mask IoU (plate coordinates)
+    min_affinity=0.15,   # frame-to-frame match needs at least this mask affinity (plate coordinates)
     absorb_frac=0.5,     # unmatched group mostly inside a matched track's last mask joins it
     reentry_frac=0.75,   # lost track is re-identified within this fraction of its box diagonal
 )
@@ -90,10 +93,14 @@ def _overlap(a: _Obj, b: _Obj) -> int:
     return int(np.count_nonzero(sa & sb))
 
 
-def _iou(a: _Obj, b: _Obj) -> float:
+def _affinity(a: _Obj, b: _Obj) -> float:
+    """Mean of IoU and overlap coefficient (intersection over the smaller area):
+    a character partly out of frame or partly hidden still matches its full self."""
     inter = _overlap(a, b)
-    union = a.area + b.area - inter
-    return inter / union if union else 0.0
+    if not inter:
+        return 0.0
+    aa, ab = a.area, b.area
+    return 0.5 * (inter / (aa + ab - inter) + inter / min(aa, ab))
 
 
 def _groups(alpha: np.ndarray, p: dict, min_area: float) -> np.ndarray:
@@ -203,10 +210,10 @@ def track_instances(alphas: list, offsets: np.ndarray | None = None, *, min_area
         matched: set[int] = set()
         active = prev_ids  # a track lost earlier at the same place matches by overlap too
         if dets and active:
-            M = np.array([[_iou(d, tracks[t]) for t in active] for d in dets])
+            M = np.array([[_affinity(d, tracks[t]) for t in active] for d in dets])
             rr, cc = linear_sum_assignment(-M)
             for a, b in zip(rr, cc):
-                if M[a, b] >= p["min_iou"]:
+                if M[a, b] >= p["min_affinity"]:
                     assign[a] = active[b]
                     matched.add(active[b])
         # leftovers: absorbed by a matched track (split character)
@@ -228,9 +235,9 @@ def track_instances(alphas: list, offsets: np.ndarray | None = None, *, min_area
             for ia, a in enumerate(rest):
                 ca = dets[a].centroid()
                 for it, t in enumerate(lost):
-                    dd = float(np.hypot(*(ca - tracks[t].centroid()))) / max(1.0, tracks[t].diag())
+                    dd = float(np.hypot(*(ca - tracks[t].centroid()))) / max(1.0, tracks[t].diag(), dets[a].diag())
                     if dd <= p["reentry_frac"]:
-                        C[ia, it] = dd - _iou(dets[a], tracks[t])
+                        C[ia, it] = dd - _affinity(dets[a], tracks[t])
             if np.isfinite(C).any():
                 big = 1e6
                 rr, cc = linear_sum_assignment(np.where(np.isfinite(C), C, big))
