@@ -243,9 +243,10 @@ def _reflood(rgb, fg, background, k):
     mk[outer[y0:y1, x0:x1] == 0] = 1
     mk[inner[y0:y1, x0:x1] > 0] = 2
     if background is not None:
-        d = np.abs(rgb[y0:y1, x0:x1].astype(np.int16) - background[y0:y1, x0:x1].astype(np.int16)).max(axis=2)
-        st = strip[y0:y1, x0:x1]
-        mk[st & (d > 60)] = 2
+        sy, sx = np.nonzero(strip[y0:y1, x0:x1])
+        d = np.abs(rgb[y0 + sy, x0 + sx].astype(np.int16) - background[y0 + sy, x0 + sx].astype(np.int16)).max(axis=1)
+        sure = d > 60
+        mk[sy[sure], sx[sure]] = 2
     sub = fg[y0:y1, x0:x1]
     cv2.watershed(np.ascontiguousarray(rgb[y0:y1, x0:x1, ::-1]), mk)
     new = (mk == 2).astype(np.uint8)
