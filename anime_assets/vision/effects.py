@@ -169,6 +169,64 @@ def _clean(mask: np.ndarray, strength: np.ndarray, min_area: int, strong: float,
     return mask & (ks > 0)
 
 
+def _footprint(F8, S8, known, noise, texture_k, edge_noise, min_area, f, ring_share=0.95) -> np.ndarray:
+    """Pixels whose residual against the base is an effect, not compression noise.
+
+    Detection runs at ~640 px wide (area-averaged by ``f``, itself a denoiser) on the
+    residual of the two images blurred (sigma 1.5): codec noise is high-frequency and
+    concentrated on the background's texture, effects are smooth or at least several
+    pixels wide. A pixel is kept if the blurred residual exceeds ``noise + texture_k *
+    gradient`` of the base and, at full resolution, its own residual exceeds ``noise``;
+    small weak components are speckle (see `_clean`)."""
+    H, W = F8.shape[:2]
+    if f > 1:
+        size = (max(1, W // f), max(1, H // f))
+        Fs = cv2.resize(F8, size, interpolation=cv2.INTER_AREA)
+        Ss = cv2.resize(S8, size, interpolation=cv2.INTER_AREA)
+        ks = None if known is None else cv2.resize(known.view(np.uint8), size, interpolation=cv2.INTER_AREA) > 0
+    else:
+        Fs, Ss, ks = F8, S8, known
+    Fb = cv2.GaussianBlur(Fs, (0, 0), 1.5)
+    Sb = cv2.GaussianBlur(Ss, (0, 0), 1.5)
+    d = cv2.absdiff(Fb, Sb)
+    dm = cv2.max(cv2.max(d[..., 0], d[..., 1]), d[..., 2]).astype(np.float32)
+    g = cv2.cvtColor(Sb, cv2.COLOR_RGB2GRAY)
+    gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
+    tex = cv2.dilate(cv2.magnitude(gx, gy) * 0.125, np.ones((3, 3), np.uint8))
+    thr = noise + texture_k * tex
+    if ks is not None:
+        # right next to the character the codec smears its line art into the background:
+        # a ring of ~2 px (at 640 wide) needs a clearly stronger residual
+        ring = cv2.dilate((~ks).view(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        thr = np.where(ring, thr + edge_noise, thr)
+    m = dm > thr
+    if ks is not None:
+        m &= ks
+        # a component lying mostly in that ring is the character's own colour smeared
+        # (chroma subsampling, ringing), not an effect: effects reach further out
+        n, lab = cv2.connectedComponents(m.view(np.uint8), connectivity=8)
+        if n > 1:
+            area = np.bincount(lab.ravel(), minlength=n)
+            in_ring = np.bincount(lab[ring & m], minlength=n)
+            drop = in_ring >= ring_share * np.maximum(area, 1)
+            drop[0] = False
+            if drop.any():
+                m &= ~drop[lab]
+    m = _clean(m, dm, max(1, min_area // (f * f)), 6.0 * noise, 1)
+    if not m.any():
+        return np.zeros((H, W), bool)
+    if f > 1:
+        m = cv2.dilate(m.view(np.uint8), np.ones((3, 3), np.uint8))
+        m = cv2.resize(m, (W, H), interpolation=cv2.INTER_NEAREST) > 0
+    diff = cv2.absdiff(F8, S8)
+    dmax = cv2.max(cv2.max(diff[..., 0], diff[..., 1]), diff[..., 2])
+    m &= dmax > noise
+    if known is not None:
+        m &= known
+    return m
+
+
 def _blend(S: np.ndarray, C: np.ndarray, a: np.ndarray, mode: str) -> np.ndarray:
     if mode == "normal":
         return S * (1.0 - a) + C * a
@@ -187,8 +245,9 @@ def _smooth_colour_error(F, S, C, a, fp, mode: str, k: int) -> float:
     Cs = cv2.boxFilter(C * w[..., None], -1, (k, k), normalize=False) / np.maximum(wsum, 1e-9)[..., None]
     R = _blend(S, Cs, a[..., None], mode)
     e = _max3(np.abs(R - F))
-    n = int(np.count_nonzero(fp))
-    return float(e[fp].sum()) / n if n else 0.0
+    wa = np.where(fp, a * a, 0.0)  # strong pixels carry the evidence (noise / alpha elsewhere)
+    tot = float(wa.sum())
+    return float((e * wa).sum()) / tot if tot > 0 else 0.0
 
 
 def _mix_position(F, X, C):
@@ -223,8 +282,9 @@ def _f32(x: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------ main
 def extract_effects(frame, background, char_alpha, *, char_reference=None, noise: float = 5.0,
-                    min_area_frac: float = 2e-4, mode_margin: float = 0.2, darken_frac: float = 0.05,
-                    reach: float = 1.0, line_min: float = 0.4, line_resid: float = 3.0) -> tuple:
+                    min_area_frac: float = 2e-4, mode_margin: float = 0.1, darken_frac: float = 0.05,
+                    reach: float = 1.0, line_min: float = 0.4, line_resid: float = 3.0,
+                    texture_k: float = 0.5, edge_noise: float = 20.0) -> tuple:
     """Effect layer of one frame and the character's colours with the effect taken off.
 
     frame, background: (H, W, 3) uint8 RGB (background: the estimated background layer);
@@ -232,7 +292,9 @@ def extract_effects(frame, background, char_alpha, *, char_reference=None, noise
     (H, W, 3) uint8 character colours without effects.
 
     Tuning (defaults measured on the fixtures, see test_effects_layer.py): ``noise``
-    (8-bit levels of residual taken as compression noise), ``min_area_frac`` (smallest
+    (8-bit levels of residual taken as compression noise), ``texture_k`` (extra residual
+    allowed per level/px of background gradient: codecs smear texture), ``edge_noise``
+    (extra residual required within ~2 px of the character, where codecs smear line art), ``min_area_frac`` (smallest
     effect component, share of the frame, unless it is strong), ``mode_margin`` (relative
     margin by which an additive mode must explain the footprint better than 'normal'),
     ``darken_frac`` (share of the footprint's energy that darkens the background above
@@ -267,12 +329,7 @@ def extract_effects(frame, background, char_alpha, *, char_reference=None, noise
     else:
         base8 = B8
         known = ~inside
-    diff = cv2.absdiff(F8, base8)
-    dmax = cv2.max(cv2.max(diff[..., 0], diff[..., 1]), diff[..., 2])
-    cand = dmax > noise
-    if known is not None:
-        cand &= known
-    foot = _clean(cand, dmax, min_area, 6.0 * noise, max(1, int(round(scale))))
+    foot = _footprint(F8, base8, known, noise, texture_k, edge_noise, min_area, max(1, int(round(scale))))
     bb = _bbox(foot)
     if bb is None:
         return _empty(H, W), _character_rgb(F8, B8, A, inside, None, "normal", None)
@@ -327,8 +384,10 @@ def _choose_mode(F, S, fp, noise, darken_frac, margin, k) -> str:
         return "normal"
     d = F - S
     energy = _max3(np.abs(d)) * fp
-    dark = _min3(d) < -noise / 255.0
+    # darkening, judged on a lightly denoised residual (codec noise darkens single pixels)
+    dark = _min3(cv2.GaussianBlur(d, (0, 0), 1.0)) < -2.0 * noise / 255.0
     dark_share = float((energy * dark).sum()) / max(float(energy.sum()), 1e-9)
+    _debug["dark"] = round(dark_share, 3)
     # saturated pixels say little about the mode ('add' clips there): left out of the test
     fm = fp & (_max3(F) < 250.0 / 255.0) & (_max3(S) < 250.0 / 255.0)
     if np.count_nonzero(fm) < max(16, np.count_nonzero(fp) // 10):
@@ -343,7 +402,7 @@ def _choose_mode(F, S, fp, noise, darken_frac, margin, k) -> str:
             err[m] = _smooth_colour_error(F, S, P / np.maximum(a, 1e-3)[..., None], a, fm, m, k)
     _debug["mode_error"] = err
     best = min(err, key=err.get)
-    if best != "normal" and err[best] + 0.25 / 255.0 < (1.0 - margin) * err["normal"]:
+    if best != "normal" and err[best] + 0.1 / 255.0 < (1.0 - margin) * err["normal"]:
         return best
     return "normal"
 
