@@ -361,6 +361,7 @@ def test_download_path_when_online(hf_cache, monkeypatch):
     import huggingface_hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(registry, "hub_unreachable_reason", lambda timeout=3.0: None)  # "online"
     calls = []
 
     def fake_download(repo_id, filename, *, cache_dir, etag_timeout, **kwargs):
@@ -379,3 +380,16 @@ def test_download_path_when_online(hf_cache, monkeypatch):
     assert isinstance(inp, TeleaInpainter)
     assert "could not download hf-hub:Carve/LaMa-ONNX/lama_fp32.onnx: OSError: Network is unreachable" in inp.fallback_reason
     assert "\n" not in inp.fallback_reason
+
+
+def test_unreachable_hub_fails_fast(hf_cache, monkeypatch):
+    """Without network (and without HF_HUB_OFFLINE), the loader falls back after one short
+    connection attempt instead of huggingface_hub's ~25 s of retries."""
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "https://127.0.0.1:9")  # nothing listens on the discard port
+    t0 = time.perf_counter()
+    seg = load_segmenter("auto")
+    assert time.perf_counter() - t0 < 5
+    assert "unreachable" in seg.fallback_reason

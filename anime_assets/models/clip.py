@@ -401,6 +401,9 @@ def _hub_snapshot(repo_id: str, required: tuple[str, ...], allow_download: bool)
     if not allow_download or registry.hf_offline():
         why = "HF_HUB_OFFLINE is set" if registry.hf_offline() else "downloads are off (allow_download=False)"
         raise ModelUnavailable(f"hf-hub:{repo_id} is not in {where} and {why}")
+    unreachable = registry.hub_unreachable_reason()
+    if unreachable:
+        raise ModelUnavailable(f"hf-hub:{repo_id} is not in {where} and {unreachable}")
     try:
         from huggingface_hub import snapshot_download
 

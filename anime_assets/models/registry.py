@@ -304,3 +304,25 @@ def _check_digests(spec: ModelSpec, found: list[Path]) -> tuple[bool, str] | Non
         if expected and sha256_file(path) != expected:
             return False, f"{path} does not match its registered sha256"
     return None
+
+
+_REACHABLE: dict[str, bool] = {}
+
+
+def hub_unreachable_reason(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached (None: it can), checked once per process.
+
+    huggingface_hub retries a failed request five times with back-off (~25 s); a machine without
+    network should learn that in one short connection attempt and fall back at once."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    if endpoint not in _REACHABLE:
+        url = urlparse(endpoint)
+        try:
+            socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout).close()
+            _REACHABLE[endpoint] = True
+        except OSError:
+            _REACHABLE[endpoint] = False
+    return None if _REACHABLE[endpoint] else f"{endpoint} is unreachable (no network?)"

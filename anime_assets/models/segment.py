@@ -86,6 +86,9 @@ def hub_file(repo_id: str, filename: str, *, allow_download: bool) -> Path:
         raise ModelUnavailable(f"{what} is not in {where} and HF_HUB_OFFLINE is set")
     if not allow_download:
         raise ModelUnavailable(f"{what} is not in {where} and downloads are off (allow_download=False)")
+    unreachable = registry.hub_unreachable_reason()
+    if unreachable:
+        raise ModelUnavailable(f"{what} is not in {where} and {unreachable}")
     try:
         from huggingface_hub import hf_hub_download
 

@@ -94,10 +94,11 @@ def _texture(g: np.ndarray) -> np.ndarray:
     return np.hypot(gx, gy)
 
 
-def _phase_peaks(a: np.ndarray, b: np.ndarray, k: int, win: np.ndarray) -> list:
-    """Top-k peaks of the phase correlation: shifts d with a(u) ~ b(u + d)."""
-    A = np.fft.rfft2((a - a.mean()) * win)
-    B = np.fft.rfft2((b - b.mean()) * win)
+def _phase_peaks(a: np.ndarray, b: np.ndarray, k: int, win: np.ndarray, wa=None, wb=None) -> list:
+    """Top-k peaks of the phase correlation: shifts d with a(u) ~ b(u + d). `wa`, `wb`: extra
+    per-pixel weights (0 on pixels to ignore, e.g. characters)."""
+    A = np.fft.rfft2((a - a.mean()) * (win if wa is None else win * wa))
+    B = np.fft.rfft2((b - b.mean()) * (win if wb is None else win * wb))
     R = B * np.conj(A)
     R /= np.abs(R) + 1e-6
     r = np.fft.irfft2(R, s=a.shape)
@@ -131,8 +132,9 @@ def _agreement(a: np.ndarray, b: np.ndarray, tex: np.ndarray, d) -> int:
     return int(np.count_nonzero(t & (np.abs(ra - rb) < _AGREE)))
 
 
-def _lk(T: np.ndarray, K: np.ndarray, d0, iters: int = 10, tgrad=None) -> tuple:
-    """Robust translation Lucas-Kanade: d with K(u + d) ~ T(u). -> (d, inlier share)."""
+def _lk(T: np.ndarray, K: np.ndarray, d0, iters: int = 10, tgrad=None, keep=None) -> tuple:
+    """Robust translation Lucas-Kanade: d with K(u + d) ~ T(u). -> (d, inlier share).
+    `keep`: bool mask of T's pixels that may be used (None: all)."""
     h, w = T.shape
     if tgrad is None:
         gx = cv2.Sobel(T, cv2.CV_32F, 1, 0, ksize=3) / 8.0
@@ -146,6 +148,8 @@ def _lk(T: np.ndarray, K: np.ndarray, d0, iters: int = 10, tgrad=None) -> tuple:
         v = _valid(h, w, d[0], d[1])
         v[:1] = v[-1:] = False
         v[:, :1] = v[:, -1:] = False
+        if keep is not None:
+            v &= keep
         r = (Kw - T)[v]
         if r.size < 64:
             break
@@ -171,12 +175,15 @@ def _pyr(g: np.ndarray, f: int) -> np.ndarray:
     return cv2.resize(g, (max(8, w // f), max(8, h // f)), interpolation=cv2.INTER_AREA)
 
 
-def estimate_camera(frames_gray, max_peaks: int = 5) -> CameraTrack:
+def estimate_camera(frames_gray, max_peaks: int = 5, ignore=None) -> CameraTrack:
     """Translation-only camera track of one shot (frames: (H, W) uint8 luma, or RGB).
 
     Offsets are in the frames' pixels, normalised so that every offset is >= 0 (the
     frame furthest up/left sits at the plate's origin). Robust to a character moving
-    against the background as long as the background holds most of the texture."""
+    against the background as long as the background holds most of the texture; ``ignore``
+    (per frame, (H, W) probability of being character, e.g. a segmentation prior) takes the
+    characters out of the matching, which matters when the camera follows a character over a
+    plain background (the character then holds most of the texture)."""
     n = len(frames_gray)
     if n == 0:
         return CameraTrack(np.zeros((0, 2), np.float32), np.zeros(0, np.float32))
@@ -187,6 +194,15 @@ def estimate_camera(frames_gray, max_peaks: int = 5) -> CameraTrack:
     sh, sw = small[0].shape
     win = np.outer(np.hanning(sh), np.hanning(sw)).astype(np.float32)
     tex_small = [_texture(s) > _TEX_GRAD for s in small]
+    keep = keep_half = keep_small = None
+    if ignore is not None:
+        grow = np.ones((5, 5), np.uint8)
+        keep = [cv2.erode((np.asarray(m, np.float32) < 0.5).astype(np.uint8), grow) for m in ignore]
+        keep = [k if k.mean() > 0.2 else np.ones_like(k) for k in keep]  # too little left: use everything
+        keep_half = [_pyr(k.astype(np.float32), 2) > 0.99 for k in keep]
+        keep_small = [_pyr(k.astype(np.float32), _COARSE) for k in keep]
+        tex_small = [t & (k > 0.99) for t, k in zip(tex_small, keep_small)]
+        keep = [k.astype(bool) for k in keep]
 
     def grads(g):
         return (cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3) / 8.0, cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3) / 8.0)
@@ -198,7 +214,10 @@ def estimate_camera(frames_gray, max_peaks: int = 5) -> CameraTrack:
     for i in range(1, n):
         # coarse: consecutive frames at 1/4 resolution, multi-peak + agreement vote
         a, b = small[i - 1], small[i]
-        cands = _phase_peaks(b, a, max_peaks, win)  # a(u + d) ~ b(u): d = o_i - o_{i-1}
+        wa = wb = None
+        if keep_small is not None:
+            wa, wb = keep_small[i], keep_small[i - 1]
+        cands = _phase_peaks(b, a, max_peaks, win, wa, wb)  # a(u + d) ~ b(u): d = o_i - o_{i-1}
         cands.append(tuple(vel / _COARSE))
         cands.append((0.0, 0.0))
         best, best_s = (0.0, 0.0), -2
@@ -209,11 +228,13 @@ def estimate_camera(frames_gray, max_peaks: int = 5) -> CameraTrack:
                 best, best_s = c, s
         d_pair = np.array(best, np.float64) * _COARSE
         # refine the pairwise step at 1/4 (sub-pixel), then against the keyframe
-        d_pair, _ = _lk(small[i], small[i - 1], d_pair / _COARSE, iters=6)
+        d_pair, _ = _lk(small[i], small[i - 1], d_pair / _COARSE, iters=6,
+                        keep=None if keep_small is None else keep_small[i] > 0.99)
         d_pair *= _COARSE
         guess = pos[i - 1] + d_pair - pos[key]  # o_i - o_key
-        d, _ = _lk(half[i], half[key], guess / 2.0, iters=8)
-        d, share = _lk(full[i], full[key], d * 2.0, iters=8, tgrad=grads(full[i]))
+        d, _ = _lk(half[i], half[key], guess / 2.0, iters=8, keep=None if keep_half is None else keep_half[i])
+        d, share = _lk(full[i], full[key], d * 2.0, iters=8, tgrad=grads(full[i]),
+                       keep=None if keep is None else keep[i])
         pos[i] = pos[key] + d
         conf[i] = share
         vel = pos[i] - pos[i - 1]
