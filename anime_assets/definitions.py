@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dagster as dg
 
-from anime_assets.defs import clusters, episodes, sensors, shots
-from anime_assets.defs.resources import EmbedderResource, ShotDetectorResource, StorageResource
+from anime_assets.defs import clusters, episodes, layers, sensors, shots
+from anime_assets.defs.resources import (
+    EmbedderResource, LayerModelsResource, ShotDetectorResource, StorageResource,
+)
 
 ALL_ASSETS = [
     episodes.source_video, episodes.frame_index, episodes.shot_boundaries,
-    shots.clean_frames, shots.frame_embeddings,
+    shots.clean_frames, shots.frame_embeddings, layers.shot_layers,
     clusters.episode_clusters, clusters.season_clusters,
 ]
 
@@ -27,6 +29,7 @@ def resources() -> dict:
         "storage": StorageResource(),
         "shot_detector": ShotDetectorResource(),
         "embedder": EmbedderResource(),
+        "layer_models": LayerModelsResource(),
     }
 
 

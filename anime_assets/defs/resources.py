@@ -92,3 +92,42 @@ def _load_embedder(model: str, pretrained: str, device: str, allow_fallback: boo
 
     return load_embedder(model, pretrained, device=device, allow_fallback=allow_fallback,
                          allow_download=allow_download, batch_size=batch_size)
+
+
+class LayerModelsResource(dg.ConfigurableResource):
+    """Models of the layer assets. "auto": the best one present (anime-seg ISNet, then the MediaPipe
+    selfie prior shipped in a registry wheel; LaMa, then OpenCV Telea); "none": no segmentation
+    prior (motion against the shot plate only)."""
+
+    segmenter: str = "auto"  # auto | anime-seg | mediapipe-selfie | none
+    segmenter_path: str = ""  # a local anime-seg .onnx instead of the hub file
+    inpainter: str = "auto"  # auto | lama | telea
+    allow_download: bool = True  # fetch missing weights from the Hugging Face hub (never when HF_HUB_OFFLINE=1)
+    work_width: int = 960  # camera track, plate and coarse masks at most this wide
+
+    def load(self):
+        """(LayerModels, [warnings]); loaded once per process."""
+        return _load_layer_models(self.segmenter, self.segmenter_path, self.inpainter, self.allow_download)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_layer_models(segmenter: str, segmenter_path: str, inpainter: str, allow_download: bool):
+    from anime_assets.models.clip import ModelUnavailable
+    from anime_assets.models.inpaint import load_inpainter
+    from anime_assets.models.segment import load_segmenter
+    from anime_assets.stages.layers import LayerModels
+
+    warnings = []
+    seg = None
+    if segmenter != "none":
+        try:
+            seg = load_segmenter(segmenter, allow_download=allow_download, path=segmenter_path or None)
+        except ModelUnavailable as e:
+            warnings.append(f"no character segmentation model ({e}); layers use motion against the shot "
+                            f"plate only, so a character that never moves in a shot is not separated")
+        if seg is not None and getattr(seg, "fallback_reason", None):
+            warnings.append(f"segmentation: {seg.fallback_reason}; using {seg.model_id}")
+    inp = load_inpainter(inpainter, allow_download=allow_download)
+    if getattr(inp, "fallback_reason", None):
+        warnings.append(f"inpainting: {inp.fallback_reason}; using {inp.model_id}")
+    return LayerModels(seg, inp), warnings

@@ -19,11 +19,12 @@ from anime_assets.defs.clusters import episode_clusters, season_clusters
 from anime_assets.defs.episodes import frame_index, shot_boundaries, source_video
 from anime_assets.defs.partitions import EPISODES, shot_range_tags
 from anime_assets.defs.resources import StorageResource
+from anime_assets.defs.layers import BACKGROUND, CHARACTER, EFFECT
 from anime_assets.defs.shots import clean_frames, frame_embeddings
 from anime_assets.keys import episode_key_from_filename, shot_key
 
 EPISODE_ASSETS = [source_video.key, frame_index.key, shot_boundaries.key]
-SHOT_ASSETS = [clean_frames.key, frame_embeddings.key]
+SHOT_ASSETS = [clean_frames.key, frame_embeddings.key, CHARACTER.key, EFFECT.key, BACKGROUND.key]
 # Runs the CLI executes itself carry this tag; the pipeline sensor leaves their next stages to the CLI.
 CLI_TAG = "anime_assets/launched_by"
 SETTLE_SECONDS = 5.0  # a file still being copied keeps changing; wait until it has been still this long
