@@ -17,39 +17,53 @@ recovered exactly, pixel by pixel, for every mode:
   (``a = max_c (F-S)/(1-S)`` where brighter, ``(S-F)/S`` where darker), ``C = S + (F-S)/a``;
 
 and for the additive modes ``a = max_c P`` (the minimal alpha: ``C = P / a`` has a
-channel at 1). Small residuals are compression noise (H.264 at crf 18 leaves ~2-4
-levels, more at edges): they are thresholded and speckle components dropped.
+channel at 1).
 
-Blend mode: all three modes reproduce a brightening exactly, so the mode is the one under
-which the effect's COLOUR is smoothest (an effect is drawn with few colours; in the wrong
-mode the background's texture leaks into the colour, e.g. an additive glow read as
-'normal' takes the colour ``S + P / a``). A footprint that darkens the background cannot
-be 'add'/'screen': it is 'normal'. Ties go to 'normal' (a white flash is 'normal' with
-alpha 1, exactly as 'screen' with alpha 1 would be).
+Footprint (`_footprint`): the residual against the base, at ~640 px wide (area-averaged),
+blurred (sigma 1.5), above ``noise + texture_k * gradient(base)`` (H.264 at crf 18 leaves
+2-4 levels in flat areas but up to ~30 on textured backgrounds); a 2 px ring around the
+character needs ``edge_noise`` more and components lying almost entirely in it are the
+codec's smear of the line art, not effects; small weak components are speckle.
+
+Blend mode (`_choose_mode`): all three modes reproduce a brightening exactly, so the mode
+is the one that explains the footprint best with a locally SMOOTH colour (an effect is
+drawn with few colours; in the wrong mode the background's texture leaks into the colour,
+e.g. an additive glow read as 'normal' takes the colour ``S + P / a``), measured as the
+alpha^2-weighted error of re-blending with the colour field smoothed. A footprint that
+darkens the background cannot be 'add'/'screen': it is 'normal'. Ties go to 'normal' (a
+white flash is 'normal' with alpha 1, exactly as 'screen' with alpha 1 would be).
 
 Over the character the base is unknown. The effect there is:
 
 * with ``char_reference`` (the character's own colours, e.g. from another frame of the
   same drawing): inverted exactly against ``background * (1-A) + reference * A``;
-* otherwise, for 'add'/'screen': the premultiplied field seen around the character is
-  propagated inwards (geodesic, nearest-known average) and capped by what the frame
-  allows (``P <= F`` per channel, taken as a small-window minimum: the character's dark
-  line art holds the field down where an effect stops at the silhouette, e.g. an aura,
-  and lets it through where it continues, e.g. a glow crossing the character);
-* for 'normal': pixels whose colour lies between the local character colour (median of
-  the neighbourhood) and the effect's colour (the dominant colour of the footprint
-  outside) get the alpha of that mix (thin line art such as a magic circle drawn over
-  the character), and colour-matching areas of a broad layer (a flash) the alpha
-  propagated from outside.
+* otherwise, for 'add'/'screen': the premultiplied field seen next to the character,
+  faded over ``reach`` px (an aura stops at the silhouette; following it further puts it
+  on the character), kept within what the frame allows: ``0 <= X <= 1`` for the
+  character colour at each pixel (with partial coverage this pins the effect down), and
+  ``P <= F`` over a small window inside;
+* for 'normal': the layer seen next to the character, faded likewise; thin overlays of the
+  effect's dominant colour (pixels on the segment from the local character colour - the
+  mean of neighbours that are off the overlay - towards that colour, e.g. a magic circle
+  drawn over the character); areas of that colour connected to a strong part of the
+  footprint (a flash) with its typical alpha; then the least change of alpha keeping
+  ``0 <= X <= 1``.
 
-An effect entirely inside the character with no reference (e.g. an orb held in front of
-the chest) leaves no trace outside it and is NOT separated: it stays in the character's
-colours (the recomposition is still exact).
+So the recomposition is exact up to 8-bit rounding wherever char_alpha is partial or the
+effect was estimated. Known limits (numbers in test_effects_layer.py):
 
-One blend mode per frame: a frame with two effect types (a 'normal' magic circle plus an
-additive glow) is represented in the mode that explains most of it; the other effect is
-re-expressed in that mode (recomposition stays exact, its alpha is the minimal alpha of
-that mode, not the artist's).
+* an effect entirely inside the character with no reference (an orb held in front of the
+  chest) leaves no trace outside it and is NOT separated: it stays in the character's
+  colours;
+* an effect that char_alpha labels as character (a segmenter that includes a glow) stays
+  in the character layer, except its part right at the edge;
+* one blend mode per frame: a frame with two effect types (a 'normal' magic circle plus an
+  additive glow) is represented in the mode that explains most of it; the other effect is
+  re-expressed in that mode (recomposition stays exact, its alpha is the minimal alpha of
+  that mode, not the artist's);
+* against a background that did not go through the codec, the codec's smoothing of
+  texture looks like a faint 'normal' layer: on H.264 frames 'add'/'screen' are told apart
+  less reliably than on clean frames.
 
 Pure numpy / OpenCV; no Dagster.
 """
@@ -64,7 +78,7 @@ import numpy as np
 __all__ = ["EffectEstimate", "extract_effects", "invert_effect"]
 
 _CHAR_EPS = 1.0 / 255.0  # coverage above this counts as character (base unknown)
-_debug: dict = {}
+_debug: dict = {}  # last call's mode-test figures (diagnostics only)
 
 
 @dataclass
@@ -165,7 +179,8 @@ def _clean(mask: np.ndarray, strength: np.ndarray, min_area: int, strong: float,
         return mask
     ks = keep[lab].view(np.uint8)
     if f > 1:
-        ks = cv2.resize(ks, (ks.shape[1] * f, ks.shape[0] * f), interpolation=cv2.INTER_NEAREST)[:mask.shape[0], :mask.shape[1]]
+        ks = cv2.resize(ks, (ks.shape[1] * f, ks.shape[0] * f), interpolation=cv2.INTER_NEAREST)
+        ks = ks[:mask.shape[0], :mask.shape[1]]
     return mask & (ks > 0)
 
 
@@ -452,7 +467,8 @@ def _additive_over_character(F8r, S8r, Ar, rgba, blend, fp, ins, noise, reach_px
     Fb, Sb, ab = _f32(F8r[ys, xs]), _f32(S8r[ys, xs]), Ar[ys, xs][:, None]
     cap = _additive_field(Fb, Sb * (1.0 - ab), blend)
     win = max(3, int(round(3 * reach_px)) | 1)
-    Fe = _f32(cv2.erode(np.ascontiguousarray(F8r[cs]), np.ones((win, win), np.uint8))[ys - y0, xs - x0])  # field(F, 0) = F
+    # field(F, 0) = F in both modes
+    Fe = _f32(cv2.erode(np.ascontiguousarray(F8r[cs]), np.ones((win, win), np.uint8))[ys - y0, xs - x0])
     cap = np.where(ab < 0.99, cap, np.minimum(cap, Fe))
     low = np.where(ab < 0.99, np.minimum(_additive_field(Fb, Sb * (1.0 - ab) + ab, blend), cap), 0.0)
     Pb = np.clip(Pn, low, cap)
@@ -481,8 +497,11 @@ def _normal_over_character(F8r, S8r, Ar, rgba, fp, ins, noise, reach_px, line_mi
     Fi = _f32(F8c[ys, xs])
     # (1) continuation of the layer over the character's edge
     band_px = max(1, int(np.ceil(3 * reach_px)))
-    prem = np.concatenate([rgba[..., :3] * a_out[..., None], a_out[..., None]], axis=2)[cs]
-    Pn = _near_known(np.ascontiguousarray(prem), fp[cs], band_px, ys, xs, reach_px)
+    rc = rgba[cs]
+    prem = np.empty(rc.shape, np.float32)
+    np.multiply(rc[..., :3], rc[..., 3:4], out=prem[..., :3])
+    prem[..., 3] = rc[..., 3]
+    Pn = _near_known(prem, fp[cs], band_px, ys, xs, reach_px)
     ap = Pn[:, 3]
     Cp = np.where(ap[:, None] > 1e-3, Pn[:, :3] / np.maximum(ap, 1e-3)[:, None], Cdom)
     a_col = np.zeros(ys.size, np.float32)
@@ -490,7 +509,8 @@ def _normal_over_character(F8r, S8r, Ar, rgba, fp, ins, noise, reach_px, line_mi
     if not broad:
         a_col = _thin_overlay(F8c, Fi, ys, xs, Cdom, noise, line_min, line_resid, lw)
     # (3) broad areas of the effect colour connected to a strong part of the footprint
-    match = (_max3(np.abs(_f32(F8c) - Cdom)) < 2 * noise / 255.0) & insc
+    dc = cv2.absdiff(F8c, np.full_like(F8c, 0) + np.clip(Cdom * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    match = (cv2.max(cv2.max(dc[..., 0], dc[..., 1]), dc[..., 2]) < 2 * noise) & insc
     if match.any():
         seed = sel[cs]
         n, lab = cv2.connectedComponents((match | seed).view(np.uint8), connectivity=8)
@@ -515,6 +535,8 @@ def _dominant_colour(C: np.ndarray) -> np.ndarray:
     """Most frequent colour of (N, 3) colours in [0, 1]: the mean of the fullest cell of a
     16^3 histogram (an effect drawn in one colour beats a second effect re-expressed in
     this mode, whose colours spread)."""
+    if len(C) > 50000:  # a sample is plenty
+        C = C[:: len(C) // 50000]
     q = np.minimum((C * 16.0).astype(np.int32), 15)
     key = (q[:, 0] << 8) | (q[:, 1] << 4) | q[:, 2]
     cnt = np.bincount(key, minlength=4096)
