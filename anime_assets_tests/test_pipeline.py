@@ -10,7 +10,9 @@ import os
 import shutil
 from pathlib import Path
 
+import cv2
 import dagster as dg
+import numpy as np
 import pytest
 
 from anime_assets import cli
@@ -20,6 +22,8 @@ from anime_assets.definitions import ALL_ASSETS, defs, resources
 from anime_assets.defs.sensors import episode_inbox, next_stage_requests
 from anime_assets.defs.shots import clean_frames, frame_embeddings
 from anime_assets.defs.episodes import frame_index
+from anime_assets.storage.media import MediaStore
+from anime_assets.storage.tables import layers_table
 from anime_assets_tests.fixtures import clips
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +67,7 @@ def test_definitions_load():
     repo = defs.get_repository_def()
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
     assert {"source_video", "frame_index", "shot_boundaries", "clean_frames", "frame_embeddings",
-            "episode_clusters", "season_clusters"} <= keys
+            "episode_clusters", "season_clusters", "character_layers", "effect_layers", "background_layers"} <= keys
     assert {s.name for s in repo.sensor_defs} == {"episode_inbox", "episode_pipeline"}
 
 
@@ -91,14 +95,44 @@ def test_ingest_registers_episode_shots_and_fills_lancedb(ingested):
     assert checks
 
 
+def test_ingest_fills_the_three_layers_of_every_kept_frame(ingested):
+    instance = ingested
+    storage = StorageResource()
+    n = len(json.loads((storage.media().partition_dir("shot_boundaries", "ep01") / "shots.json").read_text())["shots"])
+    real = {f"ep01|s{i:04d}" for i in range(n)}
+    for asset in ("character_layers", "effect_layers", "background_layers"):
+        assert set(instance.get_materialized_partitions(dg.AssetKey(asset))) == real
+    rows = layers_table(storage.tables().db_uri).read_partition("ep01").to_pylist()
+    tables = storage.frames_for_reading()
+    assert sorted(r["id"] for r in rows) == tables.read_partition("ep01", columns=["id"]).column("id").to_pylist()
+    for r in rows[:: max(1, len(rows) // 8)]:
+        char = cv2.imread(str(MediaStore.path_from_uri(r["character_uri"])), cv2.IMREAD_UNCHANGED)
+        fx = cv2.imread(str(MediaStore.path_from_uri(r["effect_uri"])), cv2.IMREAD_UNCHANGED)
+        bg = cv2.imread(str(MediaStore.path_from_uri(r["background_uri"])), cv2.IMREAD_UNCHANGED)
+        ids = cv2.imread(str(MediaStore.path_from_uri(r["instance_mask_uri"])), cv2.IMREAD_UNCHANGED)
+        assert char.shape[2] == 4 and fx.shape[2] == 4 and bg.shape[2] == 3 and ids.ndim == 2
+        assert char.shape[:2] == bg.shape[:2] == (360, 640)
+        assert r["effect_blend"] in ("normal", "add", "screen")
+        assert {i["id"] for i in r["instances"]} == set(np.unique(ids).tolist()) - {0}
+    assert any(r["instances"] for r in rows)  # the sample's characters are found
+    rec = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("background_layers")),
+                                          limit=1).records[0]
+    meta = rec.asset_materialization.metadata
+    assert meta["rows"].value == meta["kept_frames"].value
+    assert "data:image/png;base64," in meta["layers_preview"].value
+
+
 def test_rerun_replaces_rows_exactly(ingested):
     storage = StorageResource()
     tables = storage.tables()
     tables.open_frames()
     before = tables.read_partition("ep01", columns=["id", "frame_index"]).to_pylist()
+    layers = layers_table(tables.db_uri)
+    layers_before = layers.read_partition("ep01").select(["id", "character_uri", "effect_blend"]).to_pylist()
     assert cli.main(["backfill", "ep01", "--quiet"]) == 0
     after = tables.read_partition("ep01", columns=["id", "frame_index"]).to_pylist()
     assert after == before
+    assert layers.read_partition("ep01").select(["id", "character_uri", "effect_blend"]).to_pylist() == layers_before
 
 
 def test_shot_that_does_not_exist_fails_at_once_saying_how_many(ingested):

@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from anime_assets.vision import decode  # noqa: E402
-from anime_assets.vision.layers import LayerConfig, decompose_shot, plate_frame_indices  # noqa: E402
+from anime_assets.vision.layers import LayerConfig, decompose_shot, plate_frame_indices, working_plate  # noqa: E402
 from anime_assets.vision.metrics import alpha_mae, boundary_f, flicker_iou, iou, psnr, recompose  # noqa: E402
 from anime_assets_tests.fixtures import clips, effects  # noqa: E402
 
@@ -107,16 +107,24 @@ def _nanmean(v):
     return float(np.mean(v)) if v else float("nan")
 
 
-def evaluate(truth: Truth, segment, inpaint, cfg: LayerConfig) -> dict:
+def evaluate(truth: Truth, segment, inpaint, cfg: LayerConfig, episode_plates: bool = True) -> dict:
+    """``episode_plates``: shots borrow background from the other shots' plates (as the pipeline
+    does within an episode run); False: every shot alone."""
     pts = np.arange(truth.gt.n_frames) / truth.gt.fps
     acc = {k: [] for k in ("iou", "bf", "mae_all", "mae_fx", "recomp", "bg_seen", "bg_all", "static_iou", "true_static_iou")}
     n_kept, seconds = 0, 0.0
-    for a, b, kept, still in shot_plan(truth.gt):
+    plan, shots = shot_plan(truth.gt), []
+    t0 = time.perf_counter()
+    for a, b, kept, still in plan:
         if still:  # flicker: every normal frame of a still shot gets its own mask
             kept = [i for i in range(a, b) if truth.gt.frames[i].get("kind") == "normal"][:48]
         frames = decode.read_frames_rgb(truth.path, plate_frame_indices(a, b, kept, cfg.plate_frames, _abnormal(truth.gt, a, b)), pts)
+        shots.append((kept, still, frames, working_plate(frames, segment, cfg)))
+    seconds += time.perf_counter() - t0
+    for n, (kept, still, frames, wp) in enumerate(shots):
+        library = [(o[3].plate.image, o[3].plate.seen) for m, o in enumerate(shots) if m != n] if episode_plates else []
         t0 = time.perf_counter()
-        res = decompose_shot(frames, kept, segment=segment, inpaint=inpaint, config=cfg)
+        res = decompose_shot(frames, kept, segment=segment, inpaint=inpaint, config=cfg, library=library, working=wp)
         seconds += time.perf_counter() - t0
         n_kept += len(kept)
         for L in res.frames:

@@ -71,14 +71,9 @@ def shot_layers(context: dg.AssetExecutionContext, storage: StorageResource, lay
     table = layers_table(storage.tables().db_uri)
     config = LayerConfig(work_width=layer_models.work_width)
     t0 = time.perf_counter()
-    shots, strips = [], []
-    for n, (episode, shot) in enumerate(targets):
-        s = ly.layer_shot(store, table, storage.episode_video(episode), cache.index(episode), episode, shot,
-                          models, config, storage.image_format, storage.jpeg_quality)
-        shots.append(s)
-        if s["strip"] is not None and len(strips) < 4:
-            strips.append((f"{episode}/{shot}", s["strip"]))
-        progress.report("layers", n + 1, len(targets))
+    shots = ly.layer_shots(store, table, targets, storage.episode_video, cache.index, models, config,
+                           storage.image_format, storage.jpeg_quality, report=progress.report)
+    strips = [(f"{s['episode']}/{s['shot']}", s["strip"]) for s in shots if s["strip"] is not None][:4]
     seconds = time.perf_counter() - t0
     kept = sum(s["kept"] for s in shots)
     rows = sum(table.count(e, sh) for e, sh in targets)

@@ -12,6 +12,8 @@ each swapped in atomically:
                             effects.json        blend mode and coverage per frame
   background_layers/<ep>/<shot>/f######.<fmt>   RGB, characters and effects removed, holes filled
                                 plate.png, plate_seen.png, background.json (camera, inpainting)
+                               plate_work.png, plate_work_seen.png (this shot's own plate at
+                               working resolution: what other shots may borrow)
 
 then replaces the shot's rows of the LanceDB `layers` table in one commit.
 """
@@ -34,13 +36,16 @@ from anime_assets.storage import schema as fs
 from anime_assets.storage.media import MediaStore, encode_image
 from anime_assets.vision import decode
 from anime_assets.vision.contact import layer_strip
-from anime_assets.vision.layers import LayerConfig, ShotLayers, decompose_shot, plate_frame_indices
+from anime_assets.vision.layers import (
+    LayerConfig, ShotLayers, WorkingPlate, decompose_shot, plate_frame_indices, working_plate,
+)
 from anime_assets.vision.metrics import flicker_iou, psnr, recompose
 
 CHARACTER = "character_layers"
 EFFECT = "effect_layers"
 BACKGROUND = "background_layers"
 ASSETS = (CHARACTER, EFFECT, BACKGROUND)
+WORK_PLATE, WORK_SEEN = "plate_work.png", "plate_work_seen.png"  # this shot's own plate, lent to other shots
 _PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 3]  # layers are mostly flat: level 3 is ~5x faster than 9, ~10% larger
 
 
@@ -81,26 +86,95 @@ def kept_frames(store: MediaStore, episode: str, shot: str) -> tuple[int, int, l
     return int(doc["start"]), int(doc["end"]), kept, unusable
 
 
+def _decode_shot(store: MediaStore, video: Path, index: FrameIndex, episode: str, shot: str, cfg: LayerConfig):
+    """(kept frames, decoded frames) of a shot: the kept ones plus frames spread over the shot."""
+    start, end, kept, unusable = kept_frames(store, episode, shot)
+    if not kept:
+        return kept, {}
+    wanted = plate_frame_indices(start, end, kept, cfg.plate_frames, exclude=unusable)
+    return kept, decode.read_frames_rgb(video, wanted, index.pts)
+
+
+def _segment(models: LayerModels):
+    return models.segment.predict if models.segment is not None else None
+
+
+def stored_working_plate(store: MediaStore, episode: str, shot: str):
+    """(plate RGB, seen) a previous run wrote for a shot, or None."""
+    folder = store.partition_dir(BACKGROUND, episode, shot)
+    img = cv2.imread(str(folder / WORK_PLATE), cv2.IMREAD_COLOR)
+    seen = cv2.imread(str(folder / WORK_SEEN), cv2.IMREAD_GRAYSCALE)
+    if img is None or seen is None or img.shape[:2] != seen.shape[:2]:
+        return None
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), seen > 127
+
+
+def layer_shots(store: MediaStore, table, targets: list, video_of, index_of, models: LayerModels,
+                config: LayerConfig | None = None, image_format: str = "jpg", quality: int = 95,
+                report=None) -> list[dict]:
+    """Layers of several shots, in two passes.
+
+    Pass 1 computes each shot's camera track and working plate (they depend on that shot alone).
+    Pass 2 decomposes each shot with the other shots' plates of its episode as a library to
+    borrow never-seen background from: this run's shots, plus the plates earlier runs stored for
+    shots not in this run. Results are deterministic for a given set of shots (the sensor and the
+    CLI always run whole episodes). ``video_of(episode)``, ``index_of(episode)``: the episode's
+    video path and frame index. ``report(stage, done, total)``: progress.
+    """
+    cfg = config or LayerConfig()
+    seg = _segment(models)
+    plates: dict[tuple, WorkingPlate] = {}
+    t_pass1 = time.perf_counter()
+    for n, (episode, shot) in enumerate(targets):
+        kept, frames = _decode_shot(store, video_of(episode), index_of(episode), episode, shot, cfg)
+        if kept:
+            wp = working_plate(frames, seg, cfg)
+            wp.work, wp.prior = [], None  # keep the track and the plate only (memory)
+            plates[(episode, shot)] = wp
+        if report:
+            report("plates", n + 1, len(targets))
+    pass1_s = (time.perf_counter() - t_pass1) / max(len(targets), 1)
+    in_run = {t for t in targets}
+    stored: dict[str, list] = {}
+    out = []
+    for n, (episode, shot) in enumerate(targets):
+        if episode not in stored:
+            others = [s for s in _episode_shots(store, episode) if (episode, s) not in in_run]
+            stored[episode] = [p for p in (stored_working_plate(store, episode, s) for s in others) if p is not None]
+        library = [(wp.plate.image, wp.plate.seen) for (e, s), wp in plates.items() if e == episode and s != shot]
+        library += stored[episode]
+        summary = layer_shot(store, table, video_of(episode), index_of(episode), episode, shot, models, cfg,
+                             image_format, quality, library=library, reuse=plates.get((episode, shot)))
+        summary["seconds"] = round(summary["seconds"] + pass1_s, 3)
+        out.append(summary)
+        if report:
+            report("layers", n + 1, len(targets))
+    return out
+
+
+def _episode_shots(store: MediaStore, episode: str) -> list[str]:
+    folder = store.partition_dir(cf.ASSET, episode)
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
+
+
 def layer_shot(store: MediaStore, table, video: Path, index: FrameIndex, episode: str, shot: str,
                models: LayerModels, config: LayerConfig | None = None, image_format: str = "jpg",
-               quality: int = 95) -> dict:
-    """Compute and store the three layers of one shot; returns its summary (metrics, previews)."""
+               quality: int = 95, library=(), reuse: WorkingPlate | None = None) -> dict:
+    """Compute and store the three layers of one shot; returns its summary (metrics, previews).
+    ``library``: other shots' working plates [(RGB, seen)] to borrow background from."""
     cfg = config or LayerConfig()
     t0 = time.perf_counter()
-    start, end, kept, unusable = kept_frames(store, episode, shot)
+    kept, frames = _decode_shot(store, video, index, episode, shot, cfg)
+    decode_s = time.perf_counter() - t0
     res: ShotLayers | None = None
     if kept:
-        wanted = plate_frame_indices(start, end, kept, cfg.plate_frames, exclude=unusable)
-        frames = decode.read_frames_rgb(video, wanted, index.pts)
-        decode_s = time.perf_counter() - t0
+        wp = working_plate(frames, _segment(models), cfg, reuse=reuse)
         res = decompose_shot(
             frames, kept,
-            segment=models.segment.predict if models.segment is not None else None,
+            segment=_segment(models),
             inpaint=models.inpaint.inpaint if models.inpaint is not None else None,
-            config=cfg,
+            config=cfg, library=library, working=wp,
         )
-    else:
-        frames, decode_s = {}, 0.0
     t1 = time.perf_counter()
     summary = _write(store, table, episode, shot, frames, res, models, image_format, quality)
     summary["seconds"] = round(time.perf_counter() - t0, 3)
@@ -154,6 +228,8 @@ def _write(store, table, episode, shot, frames, res: ShotLayers | None, models: 
         if res is not None:
             (staging[BACKGROUND] / "plate.png").write_bytes(_png(res.plate.image))
             (staging[BACKGROUND] / "plate_seen.png").write_bytes(_png(res.plate.seen.astype(np.uint8) * 255))
+            (staging[BACKGROUND] / WORK_PLATE).write_bytes(_png(res.working.plate.image))
+            (staging[BACKGROUND] / WORK_SEEN).write_bytes(_png(res.working.plate.seen.astype(np.uint8) * 255))
             bg_doc["plate_unseen_fraction"] = res.stats.get("plate_unseen_fraction")
         (staging[BACKGROUND] / "background.json").write_text(json.dumps(bg_doc, indent=1))
         for a in ASSETS:

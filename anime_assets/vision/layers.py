@@ -34,7 +34,7 @@ import numpy as np
 from anime_assets.vision import plate as plates
 from anime_assets.vision.effects import EffectEstimate, extract_effects
 from anime_assets.vision.instances import track_instances
-from anime_assets.vision.matte import refine_alpha
+from anime_assets.vision.matte import peel_glow, refine_alpha
 
 Segment = Callable[[np.ndarray], np.ndarray]  # RGB uint8 -> P(character) float32, same H, W
 Inpaint = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (RGB uint8, hole bool) -> RGB uint8
@@ -74,6 +74,7 @@ class FrameLayers:
 class ShotLayers:
     frames: list  # [FrameLayers] of the kept frames, in order
     plate: plates.Plate  # full-resolution plate, holes filled; `plate.seen` marks what was visible
+    working: "WorkingPlate"  # this shot's own working plate (what other shots may borrow)
     stats: dict = field(default_factory=dict)
 
 
@@ -120,15 +121,58 @@ def stabilise(masks: list, frames: list, offsets: np.ndarray, threshold: float) 
     return out
 
 
+@dataclass
+class WorkingPlate:
+    """Camera track and working-resolution plate of one shot (characters excluded by the prior).
+    Depends on this shot alone, so other shots can borrow its background (`plate.borrow_background`)."""
+
+    order: list  # frame indices, in time order
+    work: list  # working-resolution RGB frames, parallel to `order`
+    prior: list | None  # per frame P(character) from the segmentation prior, or None
+    offsets: np.ndarray  # (N, 2) camera positions in working pixels
+    confidence: float  # median share of textured pixels that agree with the camera model
+    plate: plates.Plate
+    scale: tuple  # (full width / working width, full height / working height)
+
+
+def working_plate(frames: dict, segment: Segment | None = None, config: LayerConfig | None = None,
+                  timings: dict | None = None, reuse: WorkingPlate | None = None) -> WorkingPlate:
+    """Steps 1-2 of the module docstring for one shot (``frames``: index -> full-res RGB).
+    ``reuse``: an earlier result for the same frames whose camera track and plate are kept
+    (only the working frames and the prior are recomputed; they are too big to keep around)."""
+    cfg = config or LayerConfig()
+    timings = {} if timings is None else timings
+    t = time.perf_counter()
+    order = sorted(frames)
+    H, W = frames[order[0]].shape[:2]
+    s = min(1.0, cfg.work_width / W)
+    ws = (max(16, int(round(W * s))), max(16, int(round(H * s))))
+    work = [_resize(frames[f], ws) for f in order]
+    prior = [np.clip(segment(w), 0, 1).astype(np.float32) for w in work] if segment is not None else None
+    timings["segment_prior"] = timings.get("segment_prior", 0.0) + time.perf_counter() - t
+    if reuse is not None and reuse.order == order:
+        return WorkingPlate(order, work, prior, reuse.offsets, reuse.confidence, reuse.plate, reuse.scale)
+    t = time.perf_counter()
+    track = plates.estimate_camera([cv2.cvtColor(w, cv2.COLOR_RGB2GRAY) for w in work], ignore=prior)
+    timings["camera"] = timings.get("camera", 0.0) + time.perf_counter() - t
+    t = time.perf_counter()
+    plate_w = plates.build_plate(work, track.offsets, fg_hint=prior)
+    timings["working_plate"] = timings.get("working_plate", 0.0) + time.perf_counter() - t
+    return WorkingPlate(order, work, prior, track.offsets.astype(np.float64), float(np.median(track.confidence)),
+                        plate_w, (W / ws[0], H / ws[1]))
+
+
 def decompose_shot(frames: dict, kept, *, segment: Segment | None = None, inpaint: Inpaint | None = None,
-                   config: LayerConfig | None = None) -> ShotLayers:
+                   config: LayerConfig | None = None, library=(), working: WorkingPlate | None = None) -> ShotLayers:
     """Layers of the kept frames of one shot.
 
     ``frames``: frame index -> full-resolution RGB uint8 (the kept frames plus others spread
     over the shot, see `plate_frame_indices`); ``kept``: the frame indices to return layers for.
     ``segment``: a character prior (None: motion against the plate only; a character that never
     moves is then not found). ``inpaint``: hole filler for never-visible background
-    (None: OpenCV Telea).
+    (None: OpenCV Telea). ``library``: [(plate RGB, seen)] of OTHER shots of the episode (their
+    `WorkingPlate.plate`): background this shot never saw is borrowed from them where they
+    match. ``working``: this shot's `working_plate`, when already computed.
     """
     cfg = config or LayerConfig()
     t0 = time.perf_counter()
@@ -139,28 +183,21 @@ def decompose_shot(frames: dict, kept, *, segment: Segment | None = None, inpain
         timings[name] = timings.get(name, 0.0) + now - since
         return now
 
-    order = sorted(frames)
     kept = sorted(int(k) for k in kept)
     missing = [k for k in kept if k not in frames]
     if missing:
         raise ValueError(f"kept frames {missing[:5]} not among the decoded frames")
+    wp = working or working_plate(frames, segment, cfg, timings)
+    order, work = wp.order, wp.work
     pos = {f: j for j, f in enumerate(order)}
     H, W = frames[order[0]].shape[:2]
-    s = min(1.0, cfg.work_width / W)
-    ws = (max(16, int(round(W * s))), max(16, int(round(H * s))))
-    sx, sy = W / ws[0], H / ws[1]
-    work = [_resize(frames[f], ws) for f in order]
-    t = lap("resize", t0)
+    off_w = wp.offsets
+    off_f = off_w * np.array(wp.scale)
+    t = time.perf_counter()
 
-    prior = [np.clip(segment(w), 0, 1).astype(np.float32) for w in work] if segment is not None else None
-    t = lap("segment_prior", t)
-
-    track = plates.estimate_camera([cv2.cvtColor(w, cv2.COLOR_RGB2GRAY) for w in work], ignore=prior)
-    off_w = track.offsets.astype(np.float64)
-    off_f = off_w * np.array([sx, sy])
-    t = lap("camera", t)
-
-    plate_w = plates.build_plate(work, off_w, fg_hint=prior)
+    lent = plates.borrow_background(wp.plate, library)
+    plate_w = plates.Plate(lent.image, lent.seen, wp.plate.offsets, wp.plate.frame_size, wp.plate.support)
+    t = lap("borrow_background", t)
     coarse = plates.foreground_masks(work, plate_w, threshold=cfg.motion_threshold)
     coarse = stabilise(coarse, work, off_w, cfg.still_threshold)
     t = lap("coarse_masks", t)
@@ -171,6 +208,15 @@ def decompose_shot(frames: dict, kept, *, segment: Segment | None = None, inpain
     hints = [cv2.dilate(_resize(coarse[j], (W, H), cv2.INTER_LINEAR), k) for j in sub]
     plate_f = plates.build_plate([frames[order[j]] for j in sub], off_f[sub], fg_hint=hints)
     plate_f.offsets = off_f.astype(np.float32)  # same plate coordinates for every decoded frame
+    if lent.borrowed.any():  # background other shots saw, at working resolution, where this one never did
+        ph, pw = plate_f.image.shape[:2]  # both plates share the origin: full = working * scale
+        sx, sy = wp.scale
+        M = np.array([[sx, 0, 0.5 * (sx - 1)], [0, sy, 0.5 * (sy - 1)]], np.float64)
+        up = cv2.warpAffine(lent.image, M, (pw, ph), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+        got = cv2.warpAffine(lent.borrowed.astype(np.uint8), M, (pw, ph), flags=cv2.INTER_NEAREST) > 0
+        fill = got & ~plate_f.seen
+        plate_f.image[fill] = up[fill]
+        plate_f.seen = plate_f.seen | fill
     unseen = ~plate_f.seen
     filled = (inpaint or plates.fill_holes)(plate_f.image, unseen) if unseen.any() else plate_f.image
     plate_f = plates.Plate(image=filled, seen=plate_f.seen, offsets=plate_f.offsets,
@@ -189,6 +235,7 @@ def decompose_shot(frames: dict, kept, *, segment: Segment | None = None, inpain
         bg, hole = plates.background_layer(plate_f, j, (W, H))
         t = lap("background_layer", t)
         alpha = refine_alpha(rgb, _resize(coarse[j], (W, H), cv2.INTER_LINEAR), background=bg)
+        alpha = peel_glow(alpha, rgb, bg)
         if prev is not None:
             d = off_f[j] - off_f[prev[0]]
             still = still_pixels(rgb, prev[1], d, cfg.still_threshold)
@@ -212,12 +259,14 @@ def decompose_shot(frames: dict, kept, *, segment: Segment | None = None, inpain
     stats = {
         "frames_decoded": len(order),
         "kept": len(kept),
-        "work_size": list(ws),
+        "work_size": [int(work[0].shape[1]), int(work[0].shape[0])],
         "camera_travel_px": [round(float(v), 1) for v in (off_f.max(axis=0) - off_f.min(axis=0))],
-        "camera_confidence": round(float(np.median(track.confidence)), 3),
+        "camera_confidence": round(wp.confidence, 3),
+        "borrowed_from": lent.sources,
+        "borrowed_fraction": round(float(lent.borrowed.mean()), 4),
         "plate_size": [int(plate_f.image.shape[1]), int(plate_f.image.shape[0])],
         "plate_unseen_fraction": round(float(unseen.mean()), 4),
         "prior": segment is not None,
         "seconds": {k: round(v, 3) for k, v in timings.items()},
     }
-    return ShotLayers(out, plate_f, stats)
+    return ShotLayers(out, plate_f, wp, stats)

@@ -385,3 +385,37 @@ def refine_alpha(rgb: np.ndarray, coarse: np.ndarray, *, background: np.ndarray 
         k = max(1, int(math.ceil(p["strip_px"] / s)))
         fg = _reflood(rgb, fg, background, k)
     return _soften(rgb, fg, background, p)
+
+
+def peel_glow(alpha: np.ndarray, rgb: np.ndarray, background: np.ndarray, *, max_px: int | None = None,
+              noise: float = 8.0, min_gain: float = 14.0, max_edge: float = 6.0) -> np.ndarray:
+    """Take glow off a character mask: pixels reachable from outside the mask through pixels that
+    are only a BRIGHTER background (every channel above the background: an additive or screen
+    glow, an aura) are not character. The peel stops at the character's line art, which is darker
+    than what lies behind it. ``max_px``: how deep a glow may reach into the mask (default 3% of
+    the frame height). Returns the new alpha (peeled pixels set to 0)."""
+    h, w = alpha.shape
+    max_px = max_px or max(3, int(round(0.03 * h)))
+    d = rgb.astype(np.int16) - background.astype(np.int16)
+    brighter = (d.min(axis=2) > noise) & (d.max(axis=2) > min_gain)
+    # a glow is smooth: what it adds to the background has no edges of its own (line art does)
+    gain = cv2.GaussianBlur(d.max(axis=2).astype(np.float32), (3, 3), 0)
+    edge = np.hypot(cv2.Sobel(gain, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(gain, cv2.CV_32F, 0, 1, ksize=3)) / 8.0
+    brighter &= edge < max_edge
+    inside = alpha >= 0.5
+    if not (brighter & inside).any():
+        return alpha
+    passable = (brighter | ~inside).astype(np.uint8)
+    cur = (~inside).astype(np.uint8)
+    k = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    for _ in range(max_px):
+        nxt = cv2.dilate(cur, k) & passable
+        if np.array_equal(nxt, cur):
+            break
+        cur = nxt
+    peeled = (cur > 0) & inside
+    if not peeled.any():
+        return alpha
+    out = alpha.copy()
+    out[peeled] = 0.0
+    return out

@@ -387,3 +387,99 @@ def fill_holes(rgb: np.ndarray, hole: np.ndarray, radius: int = 3) -> np.ndarray
     if not np.any(hole):
         return rgb.copy()
     return cv2.inpaint(np.ascontiguousarray(rgb), hole.astype(np.uint8), radius, cv2.INPAINT_TELEA)
+
+
+# ------------------------------------------------------- plates across shots
+# Anime reuses its paintings: the same location appears in several shots of an episode, at
+# other framings and scales. A plate recovered in one shot (where the character moved, or was
+# elsewhere, or absent) shows the background behind a character who stands still in another.
+_MATCH_WIDTH = 480  # feature matching at most this wide
+
+
+@dataclass
+class Borrowed:
+    image: np.ndarray  # (Hp, Wp, 3) uint8: the target plate with never-seen pixels filled from other shots
+    seen: np.ndarray  # (Hp, Wp) bool: seen in this shot or borrowed
+    borrowed: np.ndarray  # (Hp, Wp) bool: filled from another shot
+    sources: list  # indices of the library plates that matched
+
+
+def _orb(gray: np.ndarray, mask: np.ndarray):
+    orb = cv2.ORB_create(nfeatures=3000, scaleFactor=1.2, nlevels=8, fastThreshold=10)
+    return orb.detectAndCompute(gray, mask)
+
+
+def register_plate(target: np.ndarray, target_seen: np.ndarray, source: np.ndarray, source_seen: np.ndarray,
+                   min_inliers: int = 25, min_agree: float = 0.7):
+    """Similarity transform (2x3) mapping `source` plate pixels onto `target` plate pixels, or None.
+
+    ORB features on the seen parts, ratio-tested matches, RANSAC similarity (rotation, scale,
+    translation), then a photometric check: where both plates saw the background, at least
+    `min_agree` of the pixels must agree (a different room with similar features is refused)."""
+    def small(img, seen):
+        f = min(1.0, _MATCH_WIDTH / img.shape[1])
+        g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+        g = cv2.resize(g, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else g
+        m = cv2.resize(seen.astype(np.uint8) * 255, (g.shape[1], g.shape[0]), interpolation=cv2.INTER_NEAREST)
+        return g, cv2.erode(m, np.ones((5, 5), np.uint8)), f
+
+    gt, mt, ft = small(target, target_seen)
+    gs, ms, fs_ = small(source, source_seen)
+    kt, dt = _orb(gt, mt)
+    ks, ds = _orb(gs, ms)
+    if dt is None or ds is None or len(kt) < min_inliers or len(ks) < min_inliers:
+        return None
+    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(ds, dt, k=2)
+    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < 0.75 * p[1].distance]
+    if len(good) < min_inliers:
+        return None
+    src = np.float32([ks[m.queryIdx].pt for m in good]) / fs_
+    dst = np.float32([kt[m.trainIdx].pt for m in good]) / ft
+    M, inl = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=3.0 / ft,
+                                         maxIters=4000, confidence=0.999)
+    if M is None or inl is None or int(inl.sum()) < min_inliers:
+        return None
+    scale = float(np.hypot(M[0, 0], M[1, 0]))
+    if not 0.33 < scale < 3.0:
+        return None
+    h, w = target.shape[:2]
+    warped = cv2.warpAffine(source, M, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    wseen = cv2.warpAffine(source_seen.astype(np.uint8), M, (w, h), flags=cv2.INTER_NEAREST) > 0
+    both = wseen & target_seen
+    if both.sum() < 0.02 * h * w:
+        return None
+    a = cv2.GaussianBlur(target, (5, 5), 0).astype(np.int16)
+    b = cv2.GaussianBlur(warped, (5, 5), 0).astype(np.int16)
+    agree = float(np.mean(np.abs(a - b).max(axis=2)[both] < 24))
+    if agree < min_agree:
+        return None
+    return M, agree, warped, wseen
+
+
+def borrow_background(target: Plate, library, max_sources: int = 4) -> Borrowed:
+    """Fill `target`'s never-seen pixels from other shots' plates (`library`: [(image, seen)]).
+
+    Sources are tried in order of how much of the hole they cover; a pixel takes the first
+    source that saw it. Only holes are filled: what this shot saw itself is kept."""
+    img, seen = target.image.copy(), target.seen.copy()
+    borrowed = np.zeros_like(seen)
+    used = []
+    hole = ~seen
+    if not hole.any() or not library:
+        return Borrowed(img, seen, borrowed, used)
+    matches = []
+    for k, (src, src_seen) in enumerate(library):
+        r = register_plate(target.image, target.seen, src, src_seen)
+        if r is not None:
+            _, agree, warped, wseen = r
+            matches.append((int((wseen & hole).sum()), agree, k, warped, wseen))
+    matches.sort(key=lambda m: (-m[0], -m[1]))
+    for cover, _, k, warped, wseen in matches[:max_sources]:
+        fill = wseen & ~seen
+        if cover == 0 or not fill.any():
+            continue
+        img[fill] = warped[fill]
+        seen |= fill
+        borrowed |= fill
+        used.append(k)
+    return Borrowed(img, seen, borrowed, used)
