@@ -103,7 +103,7 @@ class LayerModelsResource(dg.ConfigurableResource):
     segmenter_path: str = ""  # a local anime-seg .onnx instead of the hub file
     inpainter: str = "auto"  # auto | lama | telea
     allow_download: bool = True  # fetch missing weights from the Hugging Face hub (never when HF_HUB_OFFLINE=1)
-    work_width: int = 960  # camera track, plate and coarse masks at most this wide
+    work_width: int = 640  # camera track, plate and coarse masks at most this wide
 
     def load(self):
         """(LayerModels, [warnings]); loaded once per process."""

@@ -24,6 +24,7 @@ Pure numpy / OpenCV; models come in as plain callables. No Dagster, no file IO.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -42,9 +43,9 @@ Inpaint = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (RGB uint8, hole boo
 
 @dataclass
 class LayerConfig:
-    work_width: int = 960  # camera, plate and coarse masks at most this wide
-    plate_frames: int = 48  # frames of a shot the working plate sees (evenly spread)
-    full_plate_frames: int = 16  # frames the full-resolution plate is built from
+    work_width: int = 640  # camera, plate and coarse masks at most this wide
+    plate_frames: int = 32  # frames of a shot the working plate sees (evenly spread)
+    full_plate_frames: int = 10  # frames the full-resolution plate is built from
     motion_threshold: float = 30.0  # 8-bit levels: differs from the plate -> foreground
     still_threshold: float = 6.0  # aligned change below this -> keep the previous mask value
     hint_dilate_px: int = 3  # grow the character mask before excluding it from the full plate
@@ -59,8 +60,9 @@ class FrameLayers:
     instances: list  # [{"id", "bbox": [x0, y0, x1, y1], "area"}] of this frame
     effect: EffectEstimate
     background: np.ndarray  # (H, W, 3) uint8: the shot plate at this frame's camera position
-    hole: np.ndarray  # (H, W) bool: background pixels never visible in the shot (inpainted)
+    hole: np.ndarray  # (H, W) bool: background never visible in this shot nor lent by another (inpainted)
     offset: tuple  # camera position (x, y) in plate pixels (full resolution)
+    lent: np.ndarray | None = None  # (H, W) bool: background this shot never saw, taken from another shot
 
     def character_rgba(self) -> np.ndarray:
         a = np.clip(self.alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)
@@ -198,16 +200,21 @@ def decompose_shot(frames: dict, kept, *, segment: Segment | None = None, inpain
     lent = plates.borrow_background(wp.plate, library)
     plate_w = plates.Plate(lent.image, lent.seen, wp.plate.offsets, wp.plate.frame_size, wp.plate.support)
     t = lap("borrow_background", t)
-    coarse = plates.foreground_masks(work, plate_w, threshold=cfg.motion_threshold)
-    coarse = stabilise(coarse, work, off_w, cfg.still_threshold)
+    # coarse masks only where needed: the kept frames and the frames the full plate is built from
+    sub = sorted(set(np.linspace(0, len(order) - 1, num=min(cfg.full_plate_frames, len(order))).round().astype(int)))
+    need = sorted(set(sub) | {pos[f] for f in kept})
+    masks = plates.foreground_masks([work[j] for j in need], dataclasses.replace(plate_w, offsets=plate_w.offsets[need]),
+                                    threshold=cfg.motion_threshold)
+    masks = stabilise(masks, [work[j] for j in need], off_w[need], cfg.still_threshold)
+    coarse = dict(zip(need, masks))
     t = lap("coarse_masks", t)
 
     # full-resolution plate, coarse character masks excluded; never-visible pixels filled once
-    sub = sorted(set(np.linspace(0, len(order) - 1, num=min(cfg.full_plate_frames, len(order))).round().astype(int)))
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * cfg.hint_dilate_px + 1,) * 2)
     hints = [cv2.dilate(_resize(coarse[j], (W, H), cv2.INTER_LINEAR), k) for j in sub]
     plate_f = plates.build_plate([frames[order[j]] for j in sub], off_f[sub], fg_hint=hints)
     plate_f.offsets = off_f.astype(np.float32)  # same plate coordinates for every decoded frame
+    lent_full = None
     if lent.borrowed.any():  # background other shots saw, at working resolution, where this one never did
         ph, pw = plate_f.image.shape[:2]  # both plates share the origin: full = working * scale
         sx, sy = wp.scale
@@ -215,6 +222,7 @@ def decompose_shot(frames: dict, kept, *, segment: Segment | None = None, inpain
         up = cv2.warpAffine(lent.image, M, (pw, ph), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
         got = cv2.warpAffine(lent.borrowed.astype(np.uint8), M, (pw, ph), flags=cv2.INTER_NEAREST) > 0
         fill = got & ~plate_f.seen
+        lent_full = fill
         plate_f.image[fill] = up[fill]
         plate_f.seen = plate_f.seen | fill
     unseen = ~plate_f.seen
@@ -233,6 +241,9 @@ def decompose_shot(frames: dict, kept, *, segment: Segment | None = None, inpain
         j = pos[f]
         rgb = frames[f]
         bg, hole = plates.background_layer(plate_f, j, (W, H))
+        lent_here = None
+        if lent_full is not None:  # crop of the lent-pixels map (background_layer crops ~seen)
+            _, lent_here = plates.background_layer(dataclasses.replace(plate_f, seen=~lent_full), j, (W, H))
         t = lap("background_layer", t)
         alpha = refine_alpha(rgb, _resize(coarse[j], (W, H), cv2.INTER_LINEAR), background=bg)
         alpha = peel_glow(alpha, rgb, bg)
@@ -252,7 +263,7 @@ def decompose_shot(frames: dict, kept, *, segment: Segment | None = None, inpain
             inst.append({"id": i, "bbox": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
                          "area": round(float(len(xs)) / (W * H), 5)})
         out.append(FrameLayers(f, alpha, char_rgb, labels, inst, effect, bg, hole,
-                               (float(off_f[j, 0]), float(off_f[j, 1]))))
+                               (float(off_f[j, 0]), float(off_f[j, 1])), lent_here))
         t = lap("instances", t)
 
     timings["total"] = time.perf_counter() - t0

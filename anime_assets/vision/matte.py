@@ -388,14 +388,14 @@ def refine_alpha(rgb: np.ndarray, coarse: np.ndarray, *, background: np.ndarray 
 
 
 def peel_glow(alpha: np.ndarray, rgb: np.ndarray, background: np.ndarray, *, max_px: int | None = None,
-              noise: float = 8.0, min_gain: float = 14.0, max_edge: float = 6.0) -> np.ndarray:
+              noise: float = 3.0, min_gain: float = 10.0, max_edge: float = 24.0) -> np.ndarray:
     """Take glow off a character mask: pixels reachable from outside the mask through pixels that
     are only a BRIGHTER background (every channel above the background: an additive or screen
     glow, an aura) are not character. The peel stops at the character's line art, which is darker
-    than what lies behind it. ``max_px``: how deep a glow may reach into the mask (default 3% of
+    than what lies behind it. ``max_px``: how deep a glow may reach into the mask (default 6.5% of
     the frame height). Returns the new alpha (peeled pixels set to 0)."""
     h, w = alpha.shape
-    max_px = max_px or max(3, int(round(0.03 * h)))
+    max_px = max_px or max(3, int(round(0.065 * h)))
     d = rgb.astype(np.int16) - background.astype(np.int16)
     brighter = (d.min(axis=2) > noise) & (d.max(axis=2) > min_gain)
     # a glow is smooth: what it adds to the background has no edges of its own (line art does)

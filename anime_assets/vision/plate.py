@@ -456,7 +456,7 @@ def register_plate(target: np.ndarray, target_seen: np.ndarray, source: np.ndarr
     return M, agree, warped, wseen
 
 
-def borrow_background(target: Plate, library, max_sources: int = 4) -> Borrowed:
+def borrow_background(target: Plate, library, max_sources: int = 4, fringe_px: int = 12) -> Borrowed:
     """Fill `target`'s never-seen pixels from other shots' plates (`library`: [(image, seen)]).
 
     Sources are tried in order of how much of the hole they cover; a pixel takes the first
@@ -474,9 +474,18 @@ def borrow_background(target: Plate, library, max_sources: int = 4) -> Borrowed:
             _, agree, warped, wseen = r
             matches.append((int((wseen & hole).sum()), agree, k, warped, wseen))
     matches.sort(key=lambda m: (-m[0], -m[1]))
+    # Around the hole, what this shot "saw" may be bits of the character the prior missed (they
+    # never moved either): where a matching source disagrees strongly there, the source wins.
+    near = cv2.dilate(hole.astype(np.uint8), cv2.getStructuringElement(
+        cv2.MORPH_ELLIPSE, (2 * fringe_px + 1,) * 2)).astype(bool) & ~hole
+    blur_t = cv2.GaussianBlur(target.image, (5, 5), 0).astype(np.int16)
     for cover, _, k, warped, wseen in matches[:max_sources]:
         fill = wseen & ~seen
-        if cover == 0 or not fill.any():
+        if cover == 0:
+            continue
+        differs = np.abs(cv2.GaussianBlur(warped, (5, 5), 0).astype(np.int16) - blur_t).max(axis=2) > 40
+        fill |= near & wseen & differs & ~borrowed
+        if not fill.any():
             continue
         img[fill] = warped[fill]
         seen |= fill
