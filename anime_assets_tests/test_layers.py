@@ -25,12 +25,12 @@ effects shot 0 without a prior                  IoU 0.04-0.08: a still character
 effects shot 2 (still, rotating magic circle)   consecutive mask IoU 0.89-0.98 (target 0.98,
 16 consecutive kept                             xfail); IoU vs truth 0.62-0.67; a spurious 2nd
                                                 instance in 3-4 frames (xfail)
-recomposition PSNR, shots 0 / 1 / 2             min 39.1 / 39.7 / 33.4 dB (target 35; shot 2
-                                                was 37.6 before 74eb5a4: xfail)
+recomposition PSNR, shots 0 / 1 / 2             >= 35 dB on every kept frame (the glow peel
+                                                never crosses inpainted background)
 sample shot 9 (two-shot hold), 15 kept          ids {1, 2} on every frame, instance IoU vs its
                                                 character >= 0.936; hold masks identical but
-                                                for 2 px at the first frame (xfail); 0.7% of
-                                                character pixels carry no instance id (xfail)
+                                                for 2 px at the first frame (xfail); every
+                                                character pixel carries an instance id
 layer_shot, effects shot 2, 4 kept              ~2 s a run; 3 folders, 4 rows, same ids/URIs
                                                 after a re-run; the stored files recompose the
                                                 frame at 32.8-33.4 dB (JPEG q95 background)
@@ -316,17 +316,8 @@ def test_still_character_not_found_without_prior(fx_gt):
 
 
 # ----------------------------------------------------------------------------- 4. recomposition
-RECOMPOSITION_REGRESSION = (
-    "vision/matte.py peel_glow retuned in 74eb5a4 (noise 8->3, min_gain 14->10, max_edge 6->24, max_px "
-    "3%->6.5% of the height) also peels true character pixels (effects shot 1: false negatives 0-7 px -> "
-    "594-1490 px a frame); in effects shot 2 (the character never moves, so the plate behind her is an "
-    "inpainted hole) the peeled pixels show that hole: recomposition PSNR of frames 120..135 fell from "
-    "37.6-40.2 dB (70707be) to 33.4-35.8 dB, under the 35 dB target (frame 133: 33.44 dB; ~56% of the "
-    "squared error in the hole, ~35% in missed character pixels)")
 
-
-@pytest.mark.parametrize("shot", ["talk", "walk", pytest.param(
-    "circle", marks=pytest.mark.xfail(strict=True, reason=RECOMPOSITION_REGRESSION))])
+@pytest.mark.parametrize("shot", ["talk", "walk", "circle"])
 def test_recomposition(shot, request):
     r = request.getfixturevalue(shot)
     assert [L.frame_index for L in r.res.frames] == r.kept
@@ -370,12 +361,6 @@ def test_magic_circle_one_instance(circle):
         assert [i["id"] for i in L.instances] == [1], L.frame_index
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "vision/layers.py decompose_shot (labels = resized track_instances(coarse) labels, then "
-    "np.where(alpha >= 0.5, labels, 0)): the refined full-resolution alpha reaches past the coarse "
-    "masks the instances are tracked on, so those character pixels get id 0 - sample shot 9: ~500-590 "
-    "of ~73000 px (0.8%) every frame, effects shot 2 frame 120: 744-1146 of ~25000 (3-4.4%, ~60% of "
-    "them true character: the top of the head, the left arm's edge); instance cut-outs lose them"))
 @pytest.mark.parametrize("shot", ["two_shot", "circle"])
 def test_every_character_pixel_has_an_instance(shot, request):
     for L in request.getfixturevalue(shot).res.frames:
@@ -468,8 +453,6 @@ def test_stage_writes_three_folders(stage):
     assert s["recomposition_psnr_min"] >= 30.0 and s["recomposition_psnr_mean"] >= s["recomposition_psnr_min"]
 
 
-@pytest.mark.xfail(strict=True, reason="layer_shot summary of effects shot 2 (frames 120/132/144/156): "
-                   "recomposition_psnr_min 34.94 dB < 35 (37.59 at 70707be). " + RECOMPOSITION_REGRESSION)
 def test_stage_recomposition_target(stage):
     assert stage.second["recomposition_psnr_min"] >= 35.0
 

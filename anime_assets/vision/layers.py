@@ -31,6 +31,7 @@ from typing import Callable
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from anime_assets.vision import plate as plates
 from anime_assets.vision.effects import EffectEstimate, extract_effects
@@ -49,6 +50,7 @@ class LayerConfig:
     motion_threshold: float = 30.0  # 8-bit levels: differs from the plate -> foreground
     still_threshold: float = 6.0  # aligned change below this -> keep the previous mask value
     hint_dilate_px: int = 3  # grow the character mask before excluding it from the full plate
+    inpaint_width: int = 960  # never-seen background is filled at most this wide (it is smooth), then upsampled
 
 
 @dataclass
@@ -164,6 +166,40 @@ def working_plate(frames: dict, segment: Segment | None = None, config: LayerCon
                         plate_w, (W / ws[0], H / ws[1]))
 
 
+def _inpaint(image: np.ndarray, hole: np.ndarray, fill: Inpaint, max_width: int) -> np.ndarray:
+    """Fill `hole` at a reduced resolution (cost grows with the hole's area; the fill is smooth
+    anyway) and paste the upsampled fill into the hole only."""
+    h, w = hole.shape
+    f = min(1.0, max_width / w)
+    if f >= 1.0:
+        return fill(image, hole)
+    size = (max(8, int(round(w * f))), max(8, int(round(h * f))))
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    small_hole = cv2.resize(hole.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+    small_hole |= cv2.resize(hole.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.01
+    up = cv2.resize(fill(small, small_hole), (w, h), interpolation=cv2.INTER_CUBIC)
+    out = image.copy()
+    out[hole] = up[hole]
+    return out
+
+
+def _label_alpha(labels: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Instance ids on the refined mask: ids come from the coarse masks, so character pixels the
+    refinement added take the id of the nearest labelled pixel."""
+    out = np.where(inside, labels, 0).astype(np.uint8)
+    todo = inside & (out == 0)
+    if not todo.any() or not out.any():
+        return out
+    ys, xs = np.nonzero(inside)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    crop = out[y0:y1, x0:x1]
+    iy, ix = ndimage.distance_transform_edt(crop == 0, return_distances=False, return_indices=True)
+    nearest = crop[iy, ix]
+    t = todo[y0:y1, x0:x1]
+    crop[t] = nearest[t]
+    return out
+
+
 def decompose_shot(frames: dict, kept, *, segment: Segment | None = None, inpaint: Inpaint | None = None,
                    config: LayerConfig | None = None, library=(), working: WorkingPlate | None = None) -> ShotLayers:
     """Layers of the kept frames of one shot.
@@ -226,7 +262,7 @@ def decompose_shot(frames: dict, kept, *, segment: Segment | None = None, inpain
         plate_f.image[fill] = up[fill]
         plate_f.seen = plate_f.seen | fill
     unseen = ~plate_f.seen
-    filled = (inpaint or plates.fill_holes)(plate_f.image, unseen) if unseen.any() else plate_f.image
+    filled = _inpaint(plate_f.image, unseen, inpaint or plates.fill_holes, cfg.inpaint_width) if unseen.any() else plate_f.image
     plate_f = plates.Plate(image=filled, seen=plate_f.seen, offsets=plate_f.offsets,
                            frame_size=(W, H), support=plate_f.support)
     t = lap("background_plate", t)
@@ -246,7 +282,7 @@ def decompose_shot(frames: dict, kept, *, segment: Segment | None = None, inpain
             _, lent_here = plates.background_layer(dataclasses.replace(plate_f, seen=~lent_full), j, (W, H))
         t = lap("background_layer", t)
         alpha = refine_alpha(rgb, _resize(coarse[j], (W, H), cv2.INTER_LINEAR), background=bg)
-        alpha = peel_glow(alpha, rgb, bg)
+        alpha = peel_glow(alpha, rgb, bg, trusted=~hole)
         if prev is not None:
             d = off_f[j] - off_f[prev[0]]
             still = still_pixels(rgb, prev[1], d, cfg.still_threshold)
@@ -255,8 +291,7 @@ def decompose_shot(frames: dict, kept, *, segment: Segment | None = None, inpain
         t = lap("refine_alpha", t)
         effect, char_rgb = extract_effects(rgb, bg, alpha)
         t = lap("effects", t)
-        labels = _resize(tracks.labels[n], (W, H), cv2.INTER_NEAREST)
-        labels = np.where(alpha >= 0.5, labels, 0).astype(np.uint8)
+        labels = _label_alpha(_resize(tracks.labels[n], (W, H), cv2.INTER_NEAREST), alpha >= 0.5)
         inst = []
         for i in sorted(int(v) for v in np.unique(labels) if v):
             ys, xs = np.nonzero(labels == i)

@@ -387,13 +387,16 @@ def refine_alpha(rgb: np.ndarray, coarse: np.ndarray, *, background: np.ndarray 
     return _soften(rgb, fg, background, p)
 
 
-def peel_glow(alpha: np.ndarray, rgb: np.ndarray, background: np.ndarray, *, max_px: int | None = None,
+def peel_glow(alpha: np.ndarray, rgb: np.ndarray, background: np.ndarray, *, trusted: np.ndarray | None = None,
+              max_px: int | None = None,
               noise: float = 3.0, min_gain: float = 10.0, max_edge: float = 24.0) -> np.ndarray:
     """Take glow off a character mask: pixels reachable from outside the mask through pixels that
     are only a BRIGHTER background (every channel above the background: an additive or screen
     glow, an aura) are not character. The peel stops at the character's line art, which is darker
     than what lies behind it. ``max_px``: how deep a glow may reach into the mask (default 6.5% of
-    the frame height). Returns the new alpha (peeled pixels set to 0)."""
+    the frame height). ``trusted``: where the background is real (seen in the shot or lent by
+    another); an inpainted background says nothing about what lies over it, so the peel never
+    crosses it. Returns the new alpha (peeled pixels set to 0)."""
     h, w = alpha.shape
     max_px = max_px or max(3, int(round(0.065 * h)))
     d = rgb.astype(np.int16) - background.astype(np.int16)
@@ -402,6 +405,8 @@ def peel_glow(alpha: np.ndarray, rgb: np.ndarray, background: np.ndarray, *, max
     gain = cv2.GaussianBlur(d.max(axis=2).astype(np.float32), (3, 3), 0)
     edge = np.hypot(cv2.Sobel(gain, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(gain, cv2.CV_32F, 0, 1, ksize=3)) / 8.0
     brighter &= edge < max_edge
+    if trusted is not None:
+        brighter &= trusted
     inside = alpha >= 0.5
     if not (brighter & inside).any():
         return alpha
