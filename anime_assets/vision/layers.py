@@ -248,13 +248,18 @@ def decompose_shot(frames: dict, kept, *, segment: Segment | None = None, inpain
     # full-resolution plate, coarse character masks excluded; never-visible pixels filled once
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * cfg.hint_dilate_px + 1,) * 2)
     hints = [cv2.dilate(_resize(coarse[j], (W, H), cv2.INTER_LINEAR), k) for j in sub]
-    plate_f = plates.build_plate([frames[order[j]] for j in sub], off_f[sub], fg_hint=hints)
+    # the working plate, upsampled into full-resolution plate coordinates, guides the choice of
+    # full-resolution samples (both plates share the origin: full = working * scale)
+    sx, sy = wp.scale
+    pw = int(np.ceil(off_f[:, 0].max() - 1e-3)) + W
+    ph = int(np.ceil(off_f[:, 1].max() - 1e-3)) + H
+    M = np.array([[sx, 0, 0.5 * (sx - 1)], [0, sy, 0.5 * (sy - 1)]], np.float64)
+    ref = cv2.warpAffine(lent.image, M, (pw, ph), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    ref_seen = cv2.warpAffine(wp.plate.seen.astype(np.uint8), M, (pw, ph), flags=cv2.INTER_NEAREST) > 0
+    plate_f = plates.build_plate_guided([frames[order[j]] for j in sub], off_f[sub], ref, ref_seen, fg_hint=hints)
     plate_f.offsets = off_f.astype(np.float32)  # same plate coordinates for every decoded frame
     lent_full = None
     if lent.borrowed.any():  # background other shots saw, at working resolution, where this one never did
-        ph, pw = plate_f.image.shape[:2]  # both plates share the origin: full = working * scale
-        sx, sy = wp.scale
-        M = np.array([[sx, 0, 0.5 * (sx - 1)], [0, sy, 0.5 * (sy - 1)]], np.float64)
         up = cv2.warpAffine(lent.image, M, (pw, ph), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
         got = cv2.warpAffine(lent.borrowed.astype(np.uint8), M, (pw, ph), flags=cv2.INTER_NEAREST) > 0
         fill = got & ~plate_f.seen
