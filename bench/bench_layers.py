@@ -172,9 +172,9 @@ def speed(size, segment, inpaint, cfg: LayerConfig, max_shots: int | None = None
         res = decompose_shot(frames, kept, segment=segment, inpaint=inpaint, config=cfg)
         t2 = time.perf_counter()
         for L in res.frames:  # what the stage writes per kept frame
-            cv2.imencode(".png", L.character_rgba(), [cv2.IMWRITE_PNG_COMPRESSION, 3])
-            cv2.imencode(".png", L.labels, [cv2.IMWRITE_PNG_COMPRESSION, 3])
-            cv2.imencode(".png", L.effect_rgba(), [cv2.IMWRITE_PNG_COMPRESSION, 3])
+            cv2.imencode(".png", L.character_rgba(), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+            cv2.imencode(".png", L.labels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+            cv2.imencode(".png", L.effect_rgba(), [cv2.IMWRITE_PNG_COMPRESSION, 1])
             cv2.imencode(".jpg", L.background, [cv2.IMWRITE_JPEG_QUALITY, 95])
         t3 = time.perf_counter()
         t_dec, t_layers, t_enc, n = t_dec + t1 - t0, t_layers + t2 - t1, t_enc + t3 - t2, n + len(kept)

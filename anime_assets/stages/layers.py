@@ -46,7 +46,7 @@ EFFECT = "effect_layers"
 BACKGROUND = "background_layers"
 ASSETS = (CHARACTER, EFFECT, BACKGROUND)
 WORK_PLATE, WORK_SEEN = "plate_work.png", "plate_work_seen.png"  # this shot's own plate, lent to other shots
-_PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 3]  # layers are mostly flat: level 3 is ~5x faster than 9, ~10% larger
+_PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # layers are mostly flat: level 1 is ~8x faster than 9 (1080p RGBA: 0.13 s vs 1 s)
 
 
 @dataclass

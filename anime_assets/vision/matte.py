@@ -410,15 +410,29 @@ def peel_glow(alpha: np.ndarray, rgb: np.ndarray, background: np.ndarray, *, tru
     inside = alpha >= 0.5
     if not (brighter & inside).any():
         return alpha
-    passable = (brighter | ~inside).astype(np.uint8)
-    cur = (~inside).astype(np.uint8)
+    # geodesic reach from the outside through brighter-only pixels, at most max_px steps; in
+    # the character's box only, at <= 960 px wide (a glow is smooth: half resolution suffices)
+    ys, xs = np.nonzero(inside)
+    m = max_px + 2
+    y0, y1 = max(0, ys.min() - m), min(h, ys.max() + 1 + m)
+    x0, x1 = max(0, xs.min() - m), min(w, xs.max() + 1 + m)
+    f = min(1.0, 960.0 / w)
+    passable = (brighter | ~inside)[y0:y1, x0:x1].astype(np.uint8)
+    cur = (~inside)[y0:y1, x0:x1].astype(np.uint8)
+    size = (max(1, int(round((x1 - x0) * f))), max(1, int(round((y1 - y0) * f))))
+    if f < 1.0:
+        passable = cv2.resize(passable, size, interpolation=cv2.INTER_NEAREST)
+        cur = cv2.resize(cur, size, interpolation=cv2.INTER_NEAREST)
     k = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
-    for _ in range(max_px):
+    for _ in range(max(1, int(round(max_px * f)))):
         nxt = cv2.dilate(cur, k) & passable
         if np.array_equal(nxt, cur):
             break
         cur = nxt
-    peeled = (cur > 0) & inside
+    if f < 1.0:
+        cur = cv2.resize(cur, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
+    peeled = np.zeros_like(inside)
+    peeled[y0:y1, x0:x1] = (cur > 0) & inside[y0:y1, x0:x1] & brighter[y0:y1, x0:x1]
     if not peeled.any():
         return alpha
     out = alpha.copy()
