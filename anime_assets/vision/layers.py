@@ -109,7 +109,8 @@ def still_pixels(cur: np.ndarray, prev: np.ndarray, d, threshold: float) -> np.n
     """Pixels of `cur` whose colour equals `prev` at the camera-aligned position (u + d)."""
     a = cv2.GaussianBlur(cur, (3, 3), 0).astype(np.int16)
     b = cv2.GaussianBlur(_shift(prev, float(d[0]), float(d[1])), (3, 3), 0).astype(np.int16)
-    still = np.abs(a - b).max(axis=2) < threshold
+    d = np.abs(a - b)
+    still = np.maximum(np.maximum(d[..., 0], d[..., 1]), d[..., 2]) < threshold
     # erode: a pixel next to a change is not trusted to be unchanged (edges move first)
     return cv2.erode(still.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
 

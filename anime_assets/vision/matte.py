@@ -399,25 +399,31 @@ def peel_glow(alpha: np.ndarray, rgb: np.ndarray, background: np.ndarray, *, tru
     crosses it. Returns the new alpha (peeled pixels set to 0)."""
     h, w = alpha.shape
     max_px = max_px or max(3, int(round(0.065 * h)))
-    d = rgb.astype(np.int16) - background.astype(np.int16)
-    brighter = (d.min(axis=2) > noise) & (d.max(axis=2) > min_gain)
-    # a glow is smooth: what it adds to the background has no edges of its own (line art does)
-    gain = cv2.GaussianBlur(d.max(axis=2).astype(np.float32), (3, 3), 0)
-    edge = np.hypot(cv2.Sobel(gain, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(gain, cv2.CV_32F, 0, 1, ksize=3)) / 8.0
-    brighter &= edge < max_edge
-    if trusted is not None:
-        brighter &= trusted
     inside = alpha >= 0.5
-    if not (brighter & inside).any():
+    if not inside.any() or inside.all():
         return alpha
-    # geodesic reach from the outside through brighter-only pixels, at most max_px steps; in
-    # the character's box only, at <= 960 px wide (a glow is smooth: half resolution suffices)
+    # everything below happens in the character's box (plus the reach), not the whole frame
     ys, xs = np.nonzero(inside)
     m = max_px + 2
     y0, y1 = max(0, ys.min() - m), min(h, ys.max() + 1 + m)
     x0, x1 = max(0, xs.min() - m), min(w, xs.max() + 1 + m)
+    box = (slice(y0, y1), slice(x0, x1))
+    d = rgb[box].astype(np.int16) - background[box].astype(np.int16)
+    dmin = np.minimum(np.minimum(d[..., 0], d[..., 1]), d[..., 2])  # channel-wise: ~5x faster than .min(axis=2)
+    dmax = np.maximum(np.maximum(d[..., 0], d[..., 1]), d[..., 2])
+    brighter = (dmin > noise) & (dmax > min_gain)
+    # a glow is smooth: what it adds to the background has no edges of its own (line art does)
+    gain = cv2.GaussianBlur(dmax.astype(np.float32), (3, 3), 0)
+    edge = np.hypot(cv2.Sobel(gain, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(gain, cv2.CV_32F, 0, 1, ksize=3)) / 8.0
+    brighter &= edge < max_edge
+    if trusted is not None:
+        brighter &= trusted[box]
+    if not (brighter & inside[box]).any():
+        return alpha
+    # geodesic reach from the outside through brighter-only pixels, at most max_px steps; in
+    # the character's box only, at <= 960 px wide (a glow is smooth: half resolution suffices)
     f = min(1.0, 960.0 / w)
-    passable = (brighter | ~inside)[y0:y1, x0:x1].astype(np.uint8)
+    passable = (brighter | ~inside[box]).astype(np.uint8)
     cur = (~inside)[y0:y1, x0:x1].astype(np.uint8)
     size = (max(1, int(round((x1 - x0) * f))), max(1, int(round((y1 - y0) * f))))
     if f < 1.0:
@@ -432,7 +438,7 @@ def peel_glow(alpha: np.ndarray, rgb: np.ndarray, background: np.ndarray, *, tru
     if f < 1.0:
         cur = cv2.resize(cur, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
     peeled = np.zeros_like(inside)
-    peeled[y0:y1, x0:x1] = (cur > 0) & inside[y0:y1, x0:x1] & brighter[y0:y1, x0:x1]
+    peeled[y0:y1, x0:x1] = (cur > 0) & inside[y0:y1, x0:x1] & brighter
     if not peeled.any():
         return alpha
     out = alpha.copy()
