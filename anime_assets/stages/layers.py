@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,6 +190,13 @@ def _write(store, table, episode, shot, frames, res: ShotLayers | None, models: 
            image_format: str, quality: int) -> dict:
     staging = {a: store.staging_dir(a, episode, shot) for a in ASSETS}
     committed: dict[str, Path] = {}
+    # encoders release the GIL: two threads encode while this one measures the recomposition
+    pool = ThreadPoolExecutor(max_workers=2)
+    pending = []
+
+    def put(path: Path, encode, *args) -> None:
+        pending.append(pool.submit(lambda: path.write_bytes(encode(*args))))
+
     try:
         per_frame, records, strip_rows = [], [], []
         layers = res.frames if res is not None else []
@@ -197,15 +205,14 @@ def _write(store, table, episode, shot, frames, res: ShotLayers | None, models: 
             char_rgba, fx_rgba = L.character_rgba(), L.effect_rgba()
             cname, bname = candidate_name(f, "png"), candidate_name(f, image_format)
             ids_name = f"f{f:06d}.ids.png"
-            (staging[CHARACTER] / cname).write_bytes(_png(char_rgba))
-            (staging[CHARACTER] / ids_name).write_bytes(_png(L.labels))
-            (staging[EFFECT] / cname).write_bytes(_png(fx_rgba))
-            (staging[BACKGROUND] / bname).write_bytes(
-                encode_image(cv2.cvtColor(L.background, cv2.COLOR_RGB2BGR), image_format, quality))
+            put(staging[CHARACTER] / cname, _png, char_rgba)
+            put(staging[CHARACTER] / ids_name, _png, L.labels)
+            put(staging[EFFECT] / cname, _png, fx_rgba)
+            put(staging[BACKGROUND] / bname, lambda bg: encode_image(cv2.cvtColor(bg, cv2.COLOR_RGB2BGR),
+                                                                      image_format, quality), L.background)
             recomposed = recompose(L.background, char_rgba, L.effect.rgba, L.effect.blend)
             rec_psnr = psnr(recomposed, frames[f])
             coverage = float((L.alpha >= 0.5).mean())
-            inpainted = float((L.hole & (L.alpha < 0.5)).mean())
             per_frame.append({"frame": f, "instances": L.instances, "character_coverage": round(coverage, 5),
                               "effect_blend": L.effect.blend, "effect_coverage": round(float(L.effect.coverage), 5),
                               "background_inpainted": round(float(L.hole.mean()), 5),
@@ -232,13 +239,17 @@ def _write(store, table, episode, shot, frames, res: ShotLayers | None, models: 
             (staging[BACKGROUND] / WORK_SEEN).write_bytes(_png(res.working.plate.seen.astype(np.uint8) * 255))
             bg_doc["plate_unseen_fraction"] = res.stats.get("plate_unseen_fraction")
         (staging[BACKGROUND] / "background.json").write_text(json.dumps(bg_doc, indent=1))
+        for job in pending:
+            job.result()  # re-raises an encoding or disk error before anything is committed
         for a in ASSETS:
             committed[a] = store.commit_dir(staging[a], a, episode, shot)
     except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
         for a in ASSETS:
             if a not in committed:
                 shutil.rmtree(staging[a], ignore_errors=True)
         raise
+    pool.shutdown(wait=True)
     result = table.replace_partition(episode, shot, records)
     psnrs = [p["recomposition_psnr"] for p in per_frame]
     return {
