@@ -67,11 +67,16 @@ class FrameLayers:
     lent: np.ndarray | None = None  # (H, W) bool: background this shot never saw, taken from another shot
 
     def character_rgba(self) -> np.ndarray:
-        a = np.clip(self.alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.dstack([self.character_rgb, a])
+        """uint8 RGBA; colour 0 where alpha is 0 (undefined there; zeros also halve the PNG cost)."""
+        a = cv2.convertScaleAbs(self.alpha, alpha=255.0)  # rounds and saturates, ~10x faster than numpy
+        rgb = self.character_rgb.copy()
+        rgb[a == 0] = 0
+        return np.dstack([rgb, a])
 
     def effect_rgba(self) -> np.ndarray:
-        return np.clip(self.effect.rgba * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        out = cv2.convertScaleAbs(self.effect.rgba, alpha=255.0)
+        out[out[..., 3] == 0, :3] = 0
+        return out
 
 
 @dataclass
@@ -153,10 +158,10 @@ def working_plate(frames: dict, segment: Segment | None = None, config: LayerCon
     s = min(1.0, cfg.work_width / W)
     ws = (max(16, int(round(W * s))), max(16, int(round(H * s))))
     work = [_resize(frames[f], ws) for f in order]
+    if reuse is not None and reuse.order == order:  # the prior only served the track and the plate
+        return WorkingPlate(order, work, None, reuse.offsets, reuse.confidence, reuse.plate, reuse.scale)
     prior = [np.clip(segment(w), 0, 1).astype(np.float32) for w in work] if segment is not None else None
     timings["segment_prior"] = timings.get("segment_prior", 0.0) + time.perf_counter() - t
-    if reuse is not None and reuse.order == order:
-        return WorkingPlate(order, work, prior, reuse.offsets, reuse.confidence, reuse.plate, reuse.scale)
     t = time.perf_counter()
     track = plates.estimate_camera([cv2.cvtColor(w, cv2.COLOR_RGB2GRAY) for w in work], ignore=prior)
     timings["camera"] = timings.get("camera", 0.0) + time.perf_counter() - t
