@@ -365,3 +365,27 @@ def test_concurrent_writer_processes_and_reader_process(tmp_path):
     assert tables.count() == 25
     ids = tables.read_partition("ep01").column(fs.ID).to_pylist()
     assert len(ids) == len(set(ids)) == 25
+
+
+def test_layers_table_replaces_a_shot_in_one_commit_and_refuses_other_partitions(tmp_path):
+    from anime_assets.storage.schema import frame_id
+    from anime_assets.storage.tables import FramesTableError, layers_table
+
+    table = layers_table(tmp_path / "db")
+
+    def rows(shot, frames, blend="add"):
+        return [{"id": frame_id("ep01", shot, f), "episode": "ep01", "shot": shot, "frame_index": f,
+                 "effect_blend": blend, "instances": [{"id": 1, "x0": 0, "y0": 0, "x1": 4, "y1": 4, "area": 0.1}]}
+                for f in frames]
+
+    table.replace_partition("ep01", "s0000", rows("s0000", [1, 2, 3]))
+    table.replace_partition("ep01", "s0001", rows("s0001", [10, 11]))
+    table.replace_partition("ep01", "s0000", rows("s0000", [2, 3, 4], blend="screen"))  # re-run: replaced exactly
+    got = table.read_partition("ep01", "s0000").to_pylist()
+    assert [r["frame_index"] for r in got] == [2, 3, 4] and {r["effect_blend"] for r in got} == {"screen"}
+    assert got[0]["instances"][0]["x1"] == 4 and got[0]["updated_at"] is not None
+    assert table.count("ep01", "s0001") == 2
+    with pytest.raises(FramesTableError):
+        table.replace_partition("ep01", "s0000", rows("s0001", [12]))
+    table.replace_partition("ep01", "s0001", [])  # a shot with no kept frames any more
+    assert table.count("ep01") == 3

@@ -273,16 +273,7 @@ class FrameTables:
         return table
 
     def _ensure_primary_key(self, table) -> None:
-        field = table.schema.field(fs.ID)
-        if field.metadata and PRIMARY_KEY_META in field.metadata:
-            return
-        try:
-            table.set_unenforced_primary_key(fs.ID)
-        except Exception:
-            # A concurrent opener may have set it between our check and our call.
-            field = self.db.open_table(fs.FRAMES_TABLE).schema.field(fs.ID)
-            if not (field.metadata and PRIMARY_KEY_META in field.metadata):
-                raise
+        _ensure_primary_key(self.db, fs.FRAMES_TABLE, table)
 
     def _archive(self, table, old_model: str, old_dim: int) -> str:
         """Copy `table` to a free `frames__<slug>` name, then drop `frames` (no rename in OSS)."""
@@ -364,14 +355,7 @@ class KeyedTable:
                     if self.name not in set(_list_tables(self.db)):
                         raise
                     self._table = self.db.open_table(self.name)
-            field = self._table.schema.field(fs.ID)
-            if not (field.metadata and PRIMARY_KEY_META in field.metadata):
-                try:
-                    self._table.set_unenforced_primary_key(fs.ID)
-                except Exception:
-                    field = self.db.open_table(self.name).schema.field(fs.ID)
-                    if not (field.metadata and PRIMARY_KEY_META in field.metadata):
-                        raise
+            _ensure_primary_key(self.db, self.name, self._table)
         return self._table
 
     @property
@@ -397,6 +381,20 @@ class KeyedTable:
     def read_partition(self, episode: str, shot: str | None = None) -> pa.Table:
         query = self.table.search().where(partition_filter(episode, shot)).limit(None)
         return query.to_arrow().sort_by(fs.ID)
+
+
+def _ensure_primary_key(db, name: str, table) -> None:
+    """Declare `id` the table's unenforced primary key (once; see the module docstring)."""
+    field = table.schema.field(fs.ID)
+    if field.metadata and PRIMARY_KEY_META in field.metadata:
+        return
+    try:
+        table.set_unenforced_primary_key(fs.ID)
+    except Exception:
+        # A concurrent opener may have set it between our check and our call.
+        field = db.open_table(name).schema.field(fs.ID)
+        if not (field.metadata and PRIMARY_KEY_META in field.metadata):
+            raise
 
 
 def _list_tables(db) -> list[str]:
