@@ -105,15 +105,28 @@ def _materialize(selection, instance, *, partition_key=None, tags=None) -> bool:
     return result.success
 
 
-def _shots_run(instance, episode: str) -> bool:
+def _range_run(instance, episode: str, assets, say_shots: bool = False) -> bool:
+    """One run of shot-level `assets` over exactly the episode's real shots."""
     from anime_assets.defs.partitions import shot_range_tags
     from anime_assets.defs.resources import StorageResource
-    from anime_assets.defs.sensors import SHOT_ASSETS
     from anime_assets.stages.shot_boundaries import load_shots
 
     n = len(load_shots(StorageResource().media(), episode)["shots"])
-    _say(f"{episode}: {n} shots")
-    return _materialize(SHOT_ASSETS, instance, tags=shot_range_tags(episode, n))
+    if say_shots:
+        _say(f"{episode}: {n} shots")
+    return _materialize(assets, instance, tags=shot_range_tags(episode, n))
+
+
+def _shots_run(instance, episode: str) -> bool:
+    from anime_assets.defs.sensors import SHOT_ASSETS
+
+    return _range_run(instance, episode, SHOT_ASSETS, say_shots=True)
+
+
+def _layers_run(instance, episode: str) -> bool:
+    from anime_assets.defs.sensors import LAYER_ASSETS
+
+    return _range_run(instance, episode, LAYER_ASSETS)
 
 
 def _clusters_run(instance, episode: str) -> bool:
@@ -176,7 +189,8 @@ def cmd_ingest(args) -> int:
                 instance.add_dynamic_partitions(EPISODES, [episode])
             _say(f"{episode}: registered ({src.name})")
             ok = (_materialize(EPISODE_ASSETS, instance, partition_key=episode)
-                  and _shots_run(instance, episode) and _clusters_run(instance, episode))
+                  and _shots_run(instance, episode) and _clusters_run(instance, episode)
+                  and _layers_run(instance, episode))
             bar.close()
             if ok:
                 _say(f"{episode}: done")
@@ -200,7 +214,8 @@ def cmd_backfill(args) -> int:
                 validate_key(episode, "episode")
                 if episode not in known:
                     raise ValueError(f"episode {episode} is not registered (known: {', '.join(sorted(known)) or 'none'})")
-                ok = _shots_run(instance, episode) and _clusters_run(instance, episode)
+                ok = (_shots_run(instance, episode) and _clusters_run(instance, episode)
+                      and _layers_run(instance, episode))
             except (ValueError, FileNotFoundError) as e:
                 _say(f"error: {e}")
                 ok = False

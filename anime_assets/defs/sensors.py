@@ -24,7 +24,10 @@ from anime_assets.defs.shots import clean_frames, frame_embeddings
 from anime_assets.keys import episode_key_from_filename, shot_key
 
 EPISODE_ASSETS = [source_video.key, frame_index.key, shot_boundaries.key]
-SHOT_ASSETS = [clean_frames.key, frame_embeddings.key, CHARACTER.key, EFFECT.key, BACKGROUND.key]
+SHOT_ASSETS = [clean_frames.key, frame_embeddings.key]
+# The layers are the heaviest stage (~0.4-0.9 s per kept frame): a run of their own after the
+# shot run, so embeddings and clusters of a new episode are not held back by them.
+LAYER_ASSETS = [CHARACTER.key, EFFECT.key, BACKGROUND.key]
 # Runs the CLI executes itself carry this tag; the pipeline sensor leaves their next stages to the CLI.
 CLI_TAG = "anime_assets/launched_by"
 SETTLE_SECONDS = 5.0  # a file still being copied keeps changing; wait until it has been still this long
@@ -121,6 +124,8 @@ def next_stage_requests(instance: dg.DagsterInstance, after_storage_id: int) -> 
             last = max(r.storage_id for r in done)
             requests.append(dg.RunRequest(run_key=f"clusters-{episode}-{last}", partition_key=episode,
                                           asset_selection=[episode_clusters.key]))
+            requests.append(dg.RunRequest(run_key=f"layers-{episode}-{last}", asset_selection=LAYER_ASSETS,
+                                          tags=shot_range_tags(episode, n)))
     new_clusters, c3 = _fetch_new(instance, episode_clusters.key, after_storage_id, 1000)
     if new_clusters:
         last = max(r.storage_id for r in new_clusters)
@@ -131,8 +136,9 @@ def next_stage_requests(instance: dg.DagsterInstance, after_storage_id: int) -> 
 @dg.sensor(
     minimum_interval_seconds=15,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    asset_selection=[*SHOT_ASSETS, episode_clusters.key, season_clusters.key],
-    description="Launches each episode's next stage: its real shots in one run, then its clusters, then the season's.",
+    asset_selection=[*SHOT_ASSETS, *LAYER_ASSETS, episode_clusters.key, season_clusters.key],
+    description="Launches each episode's next stage: its real shots in one run, then its clusters and (a run of "
+                "their own) its layers, then the season's clusters.",
 )
 def episode_pipeline(context: dg.SensorEvaluationContext):
     after = json.loads(context.cursor)["after"] if context.cursor else 0
