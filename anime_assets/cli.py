@@ -248,6 +248,30 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    from anime_assets.models import manage
+
+    try:
+        if args.action == "list":
+            for m in manage.statuses(args.names):
+                print(f"{m.name}\t{m.task}\t{'present' if m.available else 'missing'}\t{m.source}\t{m.detail}")
+            return 0
+        if args.action == "verify":
+            rows = manage.verify(args.names)
+            for name, path, verdict in rows:
+                print(f"{name}\t{verdict}\t{path}")
+            if not rows:
+                print("no model files present to verify")
+            return 1 if any(v == "MISMATCH" for _, _, v in rows) else 0
+        rows = manage.pull(args.names)
+        for name, ok, what in rows:
+            print(f"{name}\t{'present' if ok else 'missing'}\t{what}")
+        return 0 if all(ok for _, ok, _ in rows) else 1
+    except ValueError as e:
+        _say(f"error: {e}")
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -266,7 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_backfill)
     p = sub.add_parser("status", help="episodes, shots and LanceDB rows")
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser("models", help="models the pipeline can use: list (what is here), verify (sha256), "
+                                      "pull (download missing hub weights)")
+    p.add_argument("action", choices=["list", "verify", "pull"])
+    p.add_argument("names", nargs="*", help="registry names (default: all)")
+    p.set_defaults(func=cmd_models)
     args = parser.parse_args(argv)
+    if args.command == "models":
+        return args.func(args)
     _dagster_home()
     return args.func(args)
 

