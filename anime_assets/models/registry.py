@@ -152,6 +152,15 @@ REGISTRY: dict[str, ModelSpec] = {
             ),
         ),
         ModelSpec(
+            name="animeface",
+            task="face-detection",
+            source="package:animeface",
+            license="Apache-2.0 (python-animeface); the nvxs detector is compiled into the package",
+            input_size=512,
+            notes="anime face boxes with eye, mouth, hair and skin colours; ~90-180 ms a frame at 512 px; "
+                  "silently finds nothing with Pillow >= 12 (vision.faces refuses to run there)",
+        ),
+        ModelSpec(
             name="opencv-telea",
             task="inpainting",
             source="builtin:cv2",
