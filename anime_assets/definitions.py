@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dagster as dg
 
-from anime_assets.defs import clusters, episodes, layers, sensors, shots
+from anime_assets.defs import clusters, episodes, faces, layers, sensors, shots
 from anime_assets.defs.resources import (
     EmbedderResource, LayerModelsResource, ShotDetectorResource, StorageResource,
 )
 
 ALL_ASSETS = [
     episodes.source_video, episodes.frame_index, episodes.shot_boundaries,
-    shots.clean_frames, shots.frame_embeddings, layers.shot_layers,
+    shots.clean_frames, shots.frame_embeddings, faces.frame_faces, layers.shot_layers,
     clusters.episode_clusters, clusters.season_clusters,
 ]
 

@@ -23,7 +23,7 @@ from anime_assets.defs.sensors import episode_inbox, next_stage_requests
 from anime_assets.defs.shots import clean_frames, frame_embeddings
 from anime_assets.defs.episodes import frame_index
 from anime_assets.storage.media import MediaStore
-from anime_assets.storage.tables import layers_table
+from anime_assets.storage.tables import faces_table, layers_table
 from anime_assets_tests.fixtures import clips
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,8 @@ def test_definitions_load():
     repo = defs.get_repository_def()
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
     assert {"source_video", "frame_index", "shot_boundaries", "clean_frames", "frame_embeddings",
-            "episode_clusters", "season_clusters", "character_layers", "effect_layers", "background_layers"} <= keys
+            "episode_clusters", "season_clusters", "character_layers", "effect_layers", "background_layers",
+            "frame_faces"} <= keys
     assert {s.name for s in repo.sensor_defs} == {"episode_inbox", "episode_pipeline"}
 
 
@@ -93,6 +94,17 @@ def test_ingest_registers_episode_shots_and_fills_lancedb(ingested):
     assert labels.num_rows == kept  # clustering wrote back to every row
     checks = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=frame_embeddings.key), limit=1).records
     assert checks
+
+
+def test_ingest_finds_faces_and_leaves_expression_null_with_its_reason(ingested):
+    storage = StorageResource()
+    rows = faces_table(storage.tables().db_uri).read_partition("ep01").to_pylist()
+    ids = storage.frames_for_reading().read_partition("ep01", columns=["id"]).column("id").to_pylist()
+    assert sorted(r["id"] for r in rows) == ids
+    assert sum(r["n_faces"] > 0 for r in rows) >= len(rows) // 2  # the sample's characters mostly face us
+    for r in rows:
+        assert r["n_faces"] == len(r["faces"]) and r["expression"] is None and r["expression_reason"]
+        assert all(f["x0"] < f["x1"] and f["y0"] < f["y1"] and f["hair"].startswith("#") for f in r["faces"])
 
 
 def test_ingest_fills_the_three_layers_of_every_kept_frame(ingested):

@@ -19,12 +19,13 @@ from anime_assets.defs.clusters import episode_clusters, season_clusters
 from anime_assets.defs.episodes import frame_index, shot_boundaries, source_video
 from anime_assets.defs.partitions import EPISODES, shot_range_tags
 from anime_assets.defs.resources import StorageResource
+from anime_assets.defs.faces import frame_faces
 from anime_assets.defs.layers import BACKGROUND, CHARACTER, EFFECT
 from anime_assets.defs.shots import clean_frames, frame_embeddings
 from anime_assets.keys import episode_key_from_filename, shot_key
 
 EPISODE_ASSETS = [source_video.key, frame_index.key, shot_boundaries.key]
-SHOT_ASSETS = [clean_frames.key, frame_embeddings.key]
+SHOT_ASSETS = [clean_frames.key, frame_embeddings.key, frame_faces.key]
 # The layers are the heaviest stage (~0.4-0.9 s per kept frame): a run of their own after the
 # shot run, so embeddings and clusters of a new episode are not held back by them.
 LAYER_ASSETS = [CHARACTER.key, EFFECT.key, BACKGROUND.key]

@@ -194,3 +194,41 @@ def layers_schema() -> pa.Schema:
         ],
         metadata={b"layers_schema_version": b"1"},
     )
+
+
+# ---------------------------------------------------------------------------- faces
+# One row per kept frame (same `id` as `frames`): the anime faces found in it. Expression stays
+# null with a reason until a model that can judge anime expressions is available (issue 4).
+FACES_TABLE = "faces"
+FACES = "faces"  # [{x0, y0, x1, y1, likelihood, hair, left_eye, right_eye}] best first; colours "#rrggbb"
+N_FACES = "n_faces"
+EXPRESSION = "expression"  # one of EXPRESSIONS, or null
+EXPRESSION_REASON = "expression_reason"  # why expression is null
+FACE_MODEL = "face_model"
+
+EXPRESSIONS = ("neutral", "happy", "laughing", "sad", "crying", "angry", "surprised", "embarrassed", "scared")
+
+FACE_TYPE = pa.struct([
+    pa.field("x0", pa.int32()), pa.field("y0", pa.int32()), pa.field("x1", pa.int32()), pa.field("y1", pa.int32()),
+    pa.field("likelihood", pa.float32()), pa.field("hair", pa.string()),
+    pa.field("left_eye", pa.string()), pa.field("right_eye", pa.string()),
+])
+
+
+def faces_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field(ID, pa.string(), nullable=False),
+            pa.field(EPISODE, pa.string(), nullable=False),
+            pa.field(SHOT, pa.string(), nullable=False),
+            pa.field(FRAME_INDEX, pa.int32(), nullable=False),
+            pa.field(FACES, pa.list_(FACE_TYPE)),
+            pa.field(N_FACES, pa.int32()),
+            pa.field(EXPRESSION, pa.string()),
+            pa.field(EXPRESSION_REASON, pa.string()),
+            pa.field(FACE_MODEL, pa.string()),
+            pa.field(PIPELINE_VERSION, pa.string()),
+            pa.field(UPDATED_AT, pa.timestamp("us", tz="UTC")),
+        ],
+        metadata={b"faces_schema_version": b"1"},
+    )

@@ -429,3 +429,7 @@ def _replace_scope(table, data: pa.Table, scope: str, episode: str, shot: str) -
 
 def layers_table(db_uri: str | Path, storage_options: dict[str, str] | None = None) -> KeyedTable:
     return KeyedTable(db_uri, fs.LAYERS_TABLE, fs.layers_schema(), storage_options)
+
+
+def faces_table(db_uri: str | Path, storage_options: dict[str, str] | None = None) -> KeyedTable:
+    return KeyedTable(db_uri, fs.FACES_TABLE, fs.faces_schema(), storage_options)
