@@ -221,7 +221,7 @@ def _write(store, table, episode, shot, frames, res: ShotLayers | None, models: 
                               "effect_blend": L.effect.blend, "effect_coverage": round(float(L.effect.coverage), 5),
                               "background_inpainted": round(float(L.hole.mean()), 5),
                               "recomposition_psnr": round(min(rec_psnr, 99.0), 2)})
-            records.append(_record(store, episode, shot, L, coverage, staging, cname, ids_name, bname, models))
+            records.append(_record(store, episode, shot, L, coverage, cname, ids_name, bname, models))
             if n in _preview_picks(len(layers)):
                 strip_rows.append((frames[f], char_rgba, fx_rgba, L.background))
         flicker = flicker_iou([L.alpha >= 0.5 for L in layers]) if len(layers) > 1 else []
@@ -277,7 +277,7 @@ def _preview_picks(n: int, k: int = 3) -> set[int]:
     return set(np.linspace(0, n - 1, num=min(k, n)).round().astype(int).tolist()) if n else set()
 
 
-def _record(store, episode, shot, L, coverage, staging, cname, ids_name, bname, models) -> dict:
+def _record(store, episode, shot, L, coverage, cname, ids_name, bname, models) -> dict:
     def uri(asset: str, name: str) -> str:
         return MediaStore.uri(store.path(asset, episode, shot, name))
 

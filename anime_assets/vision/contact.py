@@ -7,6 +7,8 @@ import base64
 import cv2
 import numpy as np
 
+from anime_assets.vision.metrics import over_checkerboard
+
 
 def contact_sheet(images: list[np.ndarray], max_width: int = 256, columns: int = 4, gap: int = 2) -> np.ndarray:
     """Tile RGB/BGR images (same channel order in, same out) into one image at most `max_width` wide."""
@@ -63,20 +65,6 @@ def curve_plot(curves: dict[str, np.ndarray], marks: list[int] = (), width: int 
     return img
 
 
-def _checkerboard(h: int, w: int, cell: int = 8) -> np.ndarray:
-    yy, xx = np.mgrid[0:h, 0:w]
-    board = np.where(((yy // cell) + (xx // cell)) % 2 == 0, 200, 140).astype(np.uint8)
-    return np.dstack([board] * 3)
-
-
-def over_checkerboard(rgba: np.ndarray, cell: int = 8) -> np.ndarray:
-    """RGBA uint8 (straight alpha) over a grey checkerboard, so transparency shows."""
-    h, w = rgba.shape[:2]
-    a = rgba[..., 3:4].astype(np.float32) / 255.0
-    out = rgba[..., :3].astype(np.float32) * a + _checkerboard(h, w, cell).astype(np.float32) * (1 - a)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-
-
 def layer_strip(rows: list[tuple[np.ndarray, ...]], tile_width: int = 192, gap: int = 2) -> np.ndarray:
     """One row per frame of (frame RGB, character RGBA, effect RGBA, background RGB):
     original | character on a checkerboard | effect on a checkerboard | background. RGB out."""
@@ -84,7 +72,7 @@ def layer_strip(rows: list[tuple[np.ndarray, ...]], tile_width: int = 192, gap: 
     for frame, character, effect, background in rows:
         h, w = frame.shape[:2]
         size = (tile_width, max(1, round(h * tile_width / w)))
-        tiles = [frame, over_checkerboard(character), over_checkerboard(effect), background]
+        tiles = [frame, over_checkerboard(character, cell=8), over_checkerboard(effect, cell=8), background]
         tiles = [cv2.resize(t[..., :3], size, interpolation=cv2.INTER_AREA) for t in tiles]
         sep = np.full((size[1], gap, 3), 32, np.uint8)
         lines.append(np.hstack([x for t in tiles for x in (t, sep)][:-1]))

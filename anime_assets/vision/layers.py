@@ -103,11 +103,9 @@ def _resize(img: np.ndarray, size, interp=cv2.INTER_AREA) -> np.ndarray:
     return cv2.resize(img, tuple(size), interpolation=interp)
 
 
-def _shift(img: np.ndarray, dx: float, dy: float, interp=cv2.INTER_LINEAR) -> np.ndarray:
+def _shift(img: np.ndarray, dx: float, dy: float) -> np.ndarray:
     """out(u) = img(u + d); outside -> replicated border."""
-    M = np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]], np.float64)
-    h, w = img.shape[:2]
-    return cv2.warpAffine(img, M, (w, h), flags=interp | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+    return plates._shift(img, dx, dy, border=cv2.BORDER_REPLICATE)
 
 
 def still_pixels(cur: np.ndarray, prev: np.ndarray, d, threshold: float) -> np.ndarray:
