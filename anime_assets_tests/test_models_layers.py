@@ -16,7 +16,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 
@@ -30,21 +29,12 @@ from anime_assets.models.segment import (
     load_segmenter,
 )
 from anime_assets_tests.fixtures import clips
+from anime_assets_tests.standins import offline_hf_cache, put_in_hf_cache, save_onnx
 
-REVISION = "fedcba9876543210fedcba9876543210fedcba98"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 # ---------------------------------------------------------------- stand-in models
-def _save(graph, path: Path) -> Path:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
-
-
 def isnet_standin(path: Path, logits: bool = False) -> Path:
     """skytnt/anime-seg isnetis.onnx signature: img 1x3x1024x1024 -> mask 1x1x1024x1024 in [0, 1].
     Stand-in: P(character) = sigmoid(20 * (mean over RGB - 0.5)), i.e. bright pixels (`logits`:
@@ -67,7 +57,7 @@ def isnet_standin(path: Path, logits: bool = False) -> Path:
         [helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 1, 1024, 1024])],
         initializer=inits,
     )
-    return _save(graph, path)
+    return save_onnx(graph, path)
 
 
 def lama_standin(path: Path, out_scale: float = 255.0) -> Path:
@@ -91,34 +81,13 @@ def lama_standin(path: Path, out_scale: float = 255.0) -> Path:
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 512, 512])],
         initializer=inits,
     )
-    return _save(graph, path)
-
-
-def put_in_hf_cache(cache: Path, repo_id: str, filename: str, build) -> Path:
-    """Save a model the way huggingface_hub caches it: blob + snapshot symlink + refs/main."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    tmp = build(repo / "tmp" / filename)
-    blob = repo / "blobs" / registry.sha256_file(tmp)
-    blob.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(blob)
-    shutil.rmtree(repo / "tmp")
-    snapshot = repo / "snapshots" / REVISION
-    snapshot.mkdir(parents=True)
-    (snapshot / filename).symlink_to(Path("..") / ".." / "blobs" / blob.name)
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(REVISION)
-    return snapshot / filename
+    return save_onnx(graph, path)
 
 
 @pytest.fixture
 def hf_cache(tmp_path, monkeypatch):
     """An empty Hugging Face cache, offline mode on."""
-    cache = tmp_path / "hf" / "hub"
-    cache.mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return cache
+    return offline_hf_cache(tmp_path, monkeypatch)
 
 
 def bright_box_frame(h, w, box):

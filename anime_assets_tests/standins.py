@@ -1,0 +1,51 @@
+"""Helpers for tiny stand-in models: real file formats and signatures, saved the way the Hugging
+Face hub caches them, so the production loaders run against them with HF_HUB_OFFLINE=1."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import onnx
+from onnx import helper
+
+from anime_assets.models import registry
+
+REVISION = "fedcba9876543210fedcba9876543210fedcba98"
+
+
+def save_onnx(graph, path: Path, opset: int = 18) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def put_in_hf_cache(cache: Path, repo_id: str, filename: str, build) -> Path:
+    """Save a file the way huggingface_hub caches it: blob + snapshot symlink + refs/main.
+    `build(path)` writes the file at `path` and returns it. Several files of one repo share the
+    snapshot."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    tmp = build(repo / "tmp" / filename)
+    blob = repo / "blobs" / registry.sha256_file(tmp)
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(blob)
+    shutil.rmtree(repo / "tmp")
+    snapshot = repo / "snapshots" / REVISION
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (snapshot / filename).symlink_to(Path("..") / ".." / "blobs" / blob.name)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(REVISION)
+    return snapshot / filename
+
+
+def offline_hf_cache(tmp_path: Path, monkeypatch) -> Path:
+    """An empty Hugging Face cache under tmp_path, offline mode on."""
+    cache = tmp_path / "hf" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
