@@ -63,6 +63,8 @@ def pull(names=None) -> list[tuple[str, bool, str]]:
         repo_id = spec.source[len(registry.HF_PREFIX):]
         try:
             path = hub_file(repo_id, spec.files[0], allow_download=True)
+            for extra in spec.requires:
+                hub_file(repo_id, extra, allow_download=True)
         except ModelUnavailable as e:
             out.append((name, False, str(e)))
             continue

@@ -44,6 +44,7 @@ class ModelSpec:
     task: str  # "image-embedding", "shot-boundary", ...
     source: str  # "hf-hub:org/repo", "package:<pip name>" or "builtin:<module>"
     files: tuple[str, ...] = ()  # alternatives, best first: any one present is enough
+    requires: tuple[str, ...] = ()  # files needed besides one of `files` (a tagger's tag list)
     sha256: dict[str, str] = field(default_factory=dict)  # file name -> expected digest
     license: str = ""
     input_size: int | None = None
@@ -138,6 +139,33 @@ REGISTRY: dict[str, ModelSpec] = {
             license=_MEDIAPIPE_LICENSE,
             input_size=128,
             notes="BlazeFace short range (real faces within ~2 m; unproven on anime faces)",
+        ),
+        ModelSpec(
+            name="dwpose-ll-ucoco-384",
+            task="pose-keypoints",
+            source="hf-hub:yzd-v/DWPose",
+            files=("dw-ll_ucoco_384.onnx",),
+            license="Apache-2.0 (DWPose, IDEA-Research; yzd-v/DWPose model card)",
+            input_size=384,
+            notes=(
+                "DWPose (RTMPose-l distilled) whole-body: input 1x3x384x288 (H x W) of a person box, "
+                "outputs simcc_x 1x133x576 and simcc_y 1x133x768 (SimCC, split ratio 2); COCO-WholeBody "
+                "133 keypoints, the first 17 are the COCO body. About 130 MB. Run with onnxruntime."
+            ),
+        ),
+        ModelSpec(
+            name="wd-vit-tagger-v3",
+            task="tagging",
+            source="hf-hub:SmilingWolf/wd-vit-tagger-v3",
+            files=("model.onnx",),
+            requires=("selected_tags.csv",),
+            license="Apache-2.0 (SmilingWolf/wd-vit-tagger-v3 model card)",
+            input_size=448,
+            notes=(
+                "Danbooru tagger: input 1x448x448x3 BGR floats 0..255 (padded white to a square), output "
+                "sigmoid probabilities for the tags of selected_tags.csv (rating, general, character). "
+                "About 380 MB. Run with onnxruntime."
+            ),
         ),
         ModelSpec(
             name="lama-onnx",
@@ -248,8 +276,10 @@ def local_files(name: str) -> list[Path]:
     """Paths of the files a model needs that are present locally (empty if none)."""
     spec = REGISTRY[name]
     if spec.source.startswith(HF_PREFIX):
-        found = find_cached_file(spec.source[len(HF_PREFIX):], spec.files)
-        return [found] if found else []
+        repo_id = spec.source[len(HF_PREFIX):]
+        found = find_cached_file(repo_id, spec.files)
+        extra = [find_cached_file(repo_id, (f,)) for f in spec.requires]
+        return [p for p in (found, *extra) if p]
     if spec.source.startswith(PACKAGE_PREFIX):
         package = spec.source[len(PACKAGE_PREFIX):]
         if _is_pinned(package):  # extracted from the wheel, not installed
@@ -290,12 +320,15 @@ def is_available(name: str) -> tuple[bool, str]:
     if spec.source.startswith(HF_PREFIX):
         repo_id = spec.source[len(HF_PREFIX):]
         found = local_files(name)
-        if not found:
+        missing = [f for f in spec.requires if not any(p.name == f for p in found)]
+        if not found or (spec.files and found[0].name not in spec.files):
             return False, (
                 f"{repo_id} is not in the Hugging Face cache at {hf_cache_dir()} "
                 f"(needs one of {list(spec.files)}; download it where there is network, "
                 "or set HF_HOME/HF_HUB_CACHE to a cache that has it)"
             )
+        if missing:
+            return False, f"{repo_id} is cached without {missing} (pull it again)"
         return _check_digests(spec, found) or (True, f"cached: {found[0]}")
     return False, f"unsupported source {spec.source!r}"
 
