@@ -255,6 +255,13 @@ def cmd_models(args) -> int:
         if args.action == "list":
             for m in manage.statuses(args.names):
                 print(f"{m.name}\t{m.task}\t{'present' if m.available else 'missing'}\t{m.source}\t{m.detail}")
+            if not args.names:
+                from anime_assets.models import selection
+
+                print("\n# what each stage runs here (choose with ANIME_ASSETS_<STAGE>; auto = best present)")
+                for stage, r in selection.resolve_all().items():
+                    why = f"{r.choice}: {r.reason}" if r.reason else r.choice
+                    print(f"stage:{stage}\t{r.model_id}\t{why}")
             return 0
         if args.action == "verify":
             rows = manage.verify(args.names)

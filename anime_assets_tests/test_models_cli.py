@@ -18,13 +18,20 @@ def offline_empty_cache(tmp_path, monkeypatch):
 
 
 def _lines(capsys) -> dict[str, list[str]]:
-    return {line.split("\t")[0]: line.split("\t") for line in capsys.readouterr().out.splitlines()}
+    return {line.split("\t")[0]: line.split("\t") for line in capsys.readouterr().out.splitlines()
+            if line and not line.startswith("#")}
 
 
 def test_list_says_what_is_here_and_why_not(offline_empty_cache, capsys):
     assert cli.main(["models", "list"]) == 0
     rows = _lines(capsys)
+    stages = {k[len("stage:"):]: rows.pop(k) for k in list(rows) if k.startswith("stage:")}
     assert set(rows) == set(registry.REGISTRY)
+    # What runs here, offline, with the reason the best model is not the one.
+    assert stages["segmenter"][1] == "mediapipe-selfie@0.10.21" and "anime-seg-isnetis" in stages["segmenter"][2]
+    assert stages["pose"][1] == "mediapipe-pose-landmark-full@0.10.21"
+    assert stages["tagger"][1] == "none" and "wd-vit-tagger-v3" in stages["tagger"][2]
+    assert stages["embedder"][1].startswith("colour-layout-v1@")
     assert rows["mediapipe-selfie"][2] == "present"  # extracted from the wheel by scripts/setup.sh
     assert rows["transnetv2"][2] == "present" and rows["opencv-telea"][2] == "present"
     assert rows["anime-seg-isnetis"][2] == "missing" and "not in the Hugging Face cache" in rows["anime-seg-isnetis"][4]

@@ -23,7 +23,7 @@ from anime_assets.defs.sensors import episode_inbox, next_stage_requests
 from anime_assets.defs.shots import clean_frames, frame_embeddings
 from anime_assets.defs.episodes import frame_index
 from anime_assets.storage.media import MediaStore
-from anime_assets.storage.tables import faces_table, layers_table
+from anime_assets.storage.tables import captions_table, faces_table, layers_table, pose_table
 from anime_assets_tests.fixtures import clips
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def test_definitions_load():
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
     assert {"source_video", "frame_index", "shot_boundaries", "clean_frames", "frame_embeddings",
             "episode_clusters", "season_clusters", "character_layers", "effect_layers", "background_layers",
-            "frame_faces"} <= keys
+            "frame_faces", "frame_pose", "frame_captions"} <= keys
     assert {s.name for s in repo.sensor_defs} == {"episode_inbox", "episode_pipeline"}
 
 
@@ -97,6 +97,7 @@ def test_ingest_registers_episode_shots_and_fills_lancedb(ingested):
 
 
 def test_ingest_finds_faces_and_leaves_expression_null_with_its_reason(ingested):
+    """Offline there is neither an anime tagger nor CLIP: every expression is null, with the reason."""
     storage = StorageResource()
     rows = faces_table(storage.tables().db_uri).read_partition("ep01").to_pylist()
     ids = storage.frames_for_reading().read_partition("ep01", columns=["id"]).column("id").to_pylist()
@@ -104,7 +105,70 @@ def test_ingest_finds_faces_and_leaves_expression_null_with_its_reason(ingested)
     assert sum(r["n_faces"] > 0 for r in rows) >= len(rows) // 2  # the sample's characters mostly face us
     for r in rows:
         assert r["n_faces"] == len(r["faces"]) and r["expression"] is None and r["expression_reason"]
+        assert r["expression_model"] == "none"
         assert all(f["x0"] < f["x1"] and f["y0"] < f["y1"] and f["hair"].startswith("#") for f in r["faces"])
+        assert all(f["expression"] is None and not f["expression_scores"] for f in r["faces"])
+    assert any("anime tagger" in r["expression_reason"] for r in rows)
+
+
+def test_ingest_fills_pose_of_every_character_instance(ingested):
+    """MediaPipe pose (from the registry wheel) on every instance the layers found."""
+    storage = StorageResource()
+    uri = storage.tables().db_uri
+    layers = layers_table(uri).read_partition("ep01").to_pylist()
+    poses = pose_table(uri).read_partition("ep01").to_pylist()
+    expected = sorted(f"{r['id']}/i{i['id']:02d}" for r in layers for i in r["instances"])
+    assert sorted(p["id"] for p in poses) == expected and expected
+    for p in poses:
+        assert p["pose_model"] == "mediapipe-pose-landmark-full-0.10.21" and p["skeleton"] == "blazepose-33"
+        assert len(p["keypoints"]) == 33 and len(p["body17"]) == 17 and p["pose_reason"] is None
+        assert all(np.isfinite([k["x"], k["y"], k["score"]]).all() for k in p["keypoints"])
+    on_mask = [p["keypoints_inside_mask"] for p in poses if p["keypoints_inside_mask"] is not None]
+    assert np.median(on_mask) >= 0.5
+    rec = ingested.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("frame_pose")),
+                                          limit=1).records[0]
+    assert "data:image/png;base64," in rec.asset_materialization.metadata["pose_preview"].value
+
+
+def test_ingest_captions_every_kept_frame_with_only_what_is_known(ingested):
+    storage = StorageResource()
+    uri = storage.tables().db_uri
+    caps = {r["id"]: r for r in captions_table(uri).read_partition("ep01").to_pylist()}
+    layers = {r["id"]: r for r in layers_table(uri).read_partition("ep01").to_pylist()}
+    assert set(caps) == set(layers)
+    for fid, c in caps.items():
+        n = len(layers[fid]["instances"])
+        first = {0: "no humans", 1: "solo"}.get(n, f"{n} characters")
+        assert c["caption"].split(", ")[0] == first
+        assert c["tagger_model"] == "none" and c["characters"] is None
+        assert "no tagger tags" in c["caption_sources"] and "no character names" in c["caption_sources"]
+        assert {t["source"] for t in c["tags"]} <= {"layers", "pose", "shot"}  # offline: nothing else is known
+        assert c["caption"] == ", ".join(t["tag"] for t in c["tags"])
+    assert any("full body" in c["caption"] for c in caps.values())
+
+
+def test_switching_a_model_shows_exactly_its_partitions_stale(ingested, monkeypatch):
+    """The code version of each asset names its models; after a model change (here pose turned
+    off) the UI's stale status flags that asset's partitions and nothing else."""
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+    from dagster._core.loader import LoadingContextForTest
+
+    from anime_assets.definitions import BASE_ASSETS, model_versions, with_model_versions
+    from anime_assets.models import selection
+
+    def status(assets):
+        graph = dg.Definitions(assets=assets).resolve_asset_graph()
+        resolver = CachingStaleStatusResolver(ingested, graph, LoadingContextForTest(ingested))
+        return {a: resolver.get_status(dg.AssetKey(a), "ep01|s0002")
+                for a in ("clean_frames", "character_layers", "frame_pose", "frame_captions")}
+
+    now = status(ALL_ASSETS)
+    assert set(now.values()) == {StaleStatus.FRESH}
+    monkeypatch.setenv("ANIME_ASSETS_POSE", "none")
+    switched = status(with_model_versions(BASE_ASSETS, model_versions(selection.resolve_all())))
+    assert switched["frame_pose"] == StaleStatus.STALE
+    assert switched["clean_frames"] == switched["character_layers"] == StaleStatus.FRESH
+    # Captions read the pose: Dagster marks them stale through the dependency, not the code version.
 
 
 def test_ingest_fills_the_three_layers_of_every_kept_frame(ingested):
@@ -141,7 +205,13 @@ def test_rerun_replaces_rows_exactly(ingested):
     before = tables.read_partition("ep01", columns=["id", "frame_index"]).to_pylist()
     layers = layers_table(tables.db_uri)
     layers_before = layers.read_partition("ep01").select(["id", "character_uri", "effect_blend"]).to_pylist()
+    side = {"faces": (faces_table(tables.db_uri), ["id", "n_faces", "expression", "expression_reason"]),
+            "pose": (pose_table(tables.db_uri), ["id", "keypoints", "pose_tags"]),
+            "captions": (captions_table(tables.db_uri), ["id", "caption", "tags", "caption_sources"])}
+    side_before = {k: t.read_partition("ep01").select(cols).to_pylist() for k, (t, cols) in side.items()}
     assert cli.main(["backfill", "ep01", "--quiet"]) == 0
+    for k, (t, cols) in side.items():
+        assert t.read_partition("ep01").select(cols).to_pylist() == side_before[k], k
     after = tables.read_partition("ep01", columns=["id", "frame_index"]).to_pylist()
     assert after == before
     assert layers.read_partition("ep01").select(["id", "character_uri", "effect_blend"]).to_pylist() == layers_before

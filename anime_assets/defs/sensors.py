@@ -15,11 +15,11 @@ import time
 import dagster as dg
 
 from anime_assets import settings
+from anime_assets.defs.annotations import frame_captions, frame_faces, frame_pose
 from anime_assets.defs.clusters import episode_clusters, season_clusters
 from anime_assets.defs.episodes import frame_index, shot_boundaries, source_video
 from anime_assets.defs.partitions import EPISODES, shot_range_tags
 from anime_assets.defs.resources import StorageResource
-from anime_assets.defs.faces import frame_faces
 from anime_assets.defs.layers import BACKGROUND, CHARACTER, EFFECT
 from anime_assets.defs.shots import clean_frames, frame_embeddings
 from anime_assets.keys import episode_key_from_filename, shot_key
@@ -27,8 +27,9 @@ from anime_assets.keys import episode_key_from_filename, shot_key
 EPISODE_ASSETS = [source_video.key, frame_index.key, shot_boundaries.key]
 SHOT_ASSETS = [clean_frames.key, frame_embeddings.key, frame_faces.key]
 # The layers are the heaviest stage (~0.4-0.9 s per kept frame): a run of their own after the
-# shot run, so embeddings and clusters of a new episode are not held back by them.
-LAYER_ASSETS = [CHARACTER.key, EFFECT.key, BACKGROUND.key]
+# shot run, so embeddings and clusters of a new episode are not held back by them. Pose and
+# captions need the layers' character instances, so they run after the layers in that run.
+LAYER_ASSETS = [CHARACTER.key, EFFECT.key, BACKGROUND.key, frame_pose.key, frame_captions.key]
 # Runs the CLI executes itself carry this tag; the pipeline sensor leaves their next stages to the CLI.
 CLI_TAG = "anime_assets/launched_by"
 SETTLE_SECONDS = 5.0  # a file still being copied keeps changing; wait until it has been still this long

@@ -197,21 +197,23 @@ def layers_schema() -> pa.Schema:
 
 
 # ---------------------------------------------------------------------------- faces
-# One row per kept frame (same `id` as `frames`): the anime faces found in it. Expression stays
-# null with a reason until a model that can judge anime expressions is available (issue 4).
+# One row per kept frame (same `id` as `frames`): the anime faces found in it, each with its
+# expression (a label of the fixed set, with scores) or null with the reason.
 FACES_TABLE = "faces"
-FACES = "faces"  # [{x0, y0, x1, y1, likelihood, hair, left_eye, right_eye}] best first; colours "#rrggbb"
+FACES = "faces"  # [FACE_TYPE] best first; colours "#rrggbb"
 N_FACES = "n_faces"
-EXPRESSION = "expression"  # one of EXPRESSIONS, or null
+EXPRESSION = "expression"  # the main (largest) face's expression, or null
 EXPRESSION_REASON = "expression_reason"  # why expression is null
+EXPRESSION_MODEL = "expression_model"  # "wd-vit-tagger-v3@<rev>", "zero-shot:<clip>" or "none"
 FACE_MODEL = "face_model"
 
-EXPRESSIONS = ("neutral", "happy", "laughing", "sad", "crying", "angry", "surprised", "embarrassed", "scared")
-
+SCORE_TYPE = pa.struct([pa.field("label", pa.string()), pa.field("score", pa.float32())])
 FACE_TYPE = pa.struct([
     pa.field("x0", pa.int32()), pa.field("y0", pa.int32()), pa.field("x1", pa.int32()), pa.field("y1", pa.int32()),
     pa.field("likelihood", pa.float32()), pa.field("hair", pa.string()),
     pa.field("left_eye", pa.string()), pa.field("right_eye", pa.string()),
+    pa.field("expression", pa.string()),  # null: see the row's expression_reason
+    pa.field("expression_scores", pa.list_(SCORE_TYPE)),  # every label's score, best first
 ])
 
 
@@ -226,9 +228,90 @@ def faces_schema() -> pa.Schema:
             pa.field(N_FACES, pa.int32()),
             pa.field(EXPRESSION, pa.string()),
             pa.field(EXPRESSION_REASON, pa.string()),
+            pa.field(EXPRESSION_MODEL, pa.string()),
             pa.field(FACE_MODEL, pa.string()),
             pa.field(PIPELINE_VERSION, pa.string()),
             pa.field(UPDATED_AT, pa.timestamp("us", tz="UTC")),
         ],
-        metadata={b"faces_schema_version": b"1"},
+        metadata={b"faces_schema_version": b"2"},
+    )
+
+
+# ----------------------------------------------------------------------------- pose
+# One row per character instance of a kept frame (instance ids from the `layers` table), so a
+# trainer can filter on one character's pose. A frame without characters has no pose rows.
+POSE_TABLE = "pose"
+FRAME_ID = "frame_id"  # the `id` of the frame in `frames` / `layers` (join on it)
+INSTANCE_ID = "instance_id"  # the instance id of the layers' instance mask (stable through the shot)
+BOX = "box"  # [x0, y0, x1, y1] of the instance, image pixels
+KEYPOINTS = "keypoints"  # [{name, x, y, score}] in image pixels, the model's own skeleton
+BODY17 = "body17"  # the 17 COCO body keypoints as [x, y, score] x 17 (from any skeleton), for filters
+SKELETON = "skeleton"  # "coco-wholebody-133" | "blazepose-33"
+POSE_TAGS = "pose_tags"  # framing and arm tags the keypoints support ("full body", "arms up")
+INSIDE_MASK = "keypoints_inside_mask"  # share of confident keypoints on the instance's mask
+POSE_MODEL = "pose_model"
+POSE_REASON = "pose_reason"  # why keypoints are null
+
+KEYPOINT_TYPE = pa.struct([pa.field("name", pa.string()), pa.field("x", pa.float32()),
+                           pa.field("y", pa.float32()), pa.field("score", pa.float32())])
+
+
+def pose_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field(ID, pa.string(), nullable=False),  # "<frame id>/i<instance>"
+            pa.field(EPISODE, pa.string(), nullable=False),
+            pa.field(SHOT, pa.string(), nullable=False),
+            pa.field(FRAME_INDEX, pa.int32(), nullable=False),
+            pa.field(FRAME_ID, pa.string(), nullable=False),
+            pa.field(INSTANCE_ID, pa.int32(), nullable=False),
+            pa.field(BOX, pa.list_(pa.int32(), 4)),
+            pa.field(KEYPOINTS, pa.list_(KEYPOINT_TYPE)),
+            pa.field(BODY17, pa.list_(pa.list_(pa.float32(), 3), 17)),
+            pa.field(SKELETON, pa.string()),
+            pa.field(POSE_TAGS, pa.list_(pa.string())),
+            pa.field(INSIDE_MASK, pa.float32()),
+            pa.field(POSE_MODEL, pa.string()),
+            pa.field(POSE_REASON, pa.string()),
+            pa.field(PIPELINE_VERSION, pa.string()),
+            pa.field(UPDATED_AT, pa.timestamp("us", tz="UTC")),
+        ],
+        metadata={b"pose_schema_version": b"1"},
+    )
+
+
+def pose_id(frame_id_: str, instance: int) -> str:
+    return f"{frame_id_}/i{int(instance):02d}"
+
+
+# -------------------------------------------------------------------------- captions
+# One row per kept frame: tags with their source and score, and the caption assembled from them
+# (kohya style: comma-separated, most important first). Says nothing it does not know.
+CAPTIONS_TABLE = "captions"
+TAGS = "tags"  # [{tag, score, source}] source: tagger | clip | pose | faces | layers | shot
+CAPTION = "caption"
+CHARACTERS = "characters"  # character names when the registry knows them (null until then)
+CAPTION_SOURCES = "caption_sources"  # which facts went in, and what was missing and why
+TAGGER_MODEL = "tagger_model"
+
+TAG_TYPE = pa.struct([pa.field("tag", pa.string()), pa.field("score", pa.float32()),
+                      pa.field("source", pa.string())])
+
+
+def captions_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field(ID, pa.string(), nullable=False),
+            pa.field(EPISODE, pa.string(), nullable=False),
+            pa.field(SHOT, pa.string(), nullable=False),
+            pa.field(FRAME_INDEX, pa.int32(), nullable=False),
+            pa.field(TAGS, pa.list_(TAG_TYPE)),
+            pa.field(CAPTION, pa.string()),
+            pa.field(CHARACTERS, pa.list_(pa.string())),
+            pa.field(CAPTION_SOURCES, pa.string()),
+            pa.field(TAGGER_MODEL, pa.string()),
+            pa.field(PIPELINE_VERSION, pa.string()),
+            pa.field(UPDATED_AT, pa.timestamp("us", tz="UTC")),
+        ],
+        metadata={b"captions_schema_version": b"1"},
     )

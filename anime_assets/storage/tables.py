@@ -348,6 +348,15 @@ class KeyedTable:
         if self._table is None:
             if self.name in set(_list_tables(self.db)):
                 self._table = self.db.open_table(self.name)
+                if _schema_versions(self._table.schema) != _schema_versions(self.schema):
+                    # Rows of an older schema cannot take the new columns. The table is derived
+                    # data: the asset's code version changed with the schema, so its partitions
+                    # show as stale and re-materialising them refills it.
+                    log.warning("%s: table schema %s is older than %s; recreating it (re-materialise its "
+                                 "asset's partitions)", self.name, _schema_versions(self._table.schema),
+                                 _schema_versions(self.schema))
+                    self.db.drop_table(self.name)
+                    self._table = self.db.create_table(self.name, schema=self.schema)
             else:
                 try:
                     self._table = self.db.create_table(self.name, schema=self.schema)
@@ -381,6 +390,10 @@ class KeyedTable:
     def read_partition(self, episode: str, shot: str | None = None) -> pa.Table:
         query = self.table.search().where(partition_filter(episode, shot)).limit(None)
         return query.to_arrow().sort_by(fs.ID)
+
+
+def _schema_versions(schema: pa.Schema) -> dict[bytes, bytes]:
+    return {k: v for k, v in (schema.metadata or {}).items() if k.endswith(b"schema_version")}
 
 
 def _ensure_primary_key(db, name: str, table) -> None:
@@ -433,3 +446,11 @@ def layers_table(db_uri: str | Path, storage_options: dict[str, str] | None = No
 
 def faces_table(db_uri: str | Path, storage_options: dict[str, str] | None = None) -> KeyedTable:
     return KeyedTable(db_uri, fs.FACES_TABLE, fs.faces_schema(), storage_options)
+
+
+def pose_table(db_uri: str | Path, storage_options: dict[str, str] | None = None) -> KeyedTable:
+    return KeyedTable(db_uri, fs.POSE_TABLE, fs.pose_schema(), storage_options)
+
+
+def captions_table(db_uri: str | Path, storage_options: dict[str, str] | None = None) -> KeyedTable:
+    return KeyedTable(db_uri, fs.CAPTIONS_TABLE, fs.captions_schema(), storage_options)
