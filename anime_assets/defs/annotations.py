@@ -197,7 +197,7 @@ def frame_captions(context: dg.AssetExecutionContext, storage: StorageResource, 
     tagger, warning = annotation_models.load_tagger()
     if warning:
         context.log.warning(warning)
-        missing["tagger tags"] = warning
+        missing["tagger tags"] = "no anime tagger here (`anime-assets models list` says why)"
     zero_shot, why = _zero_shot(embedder)
     if zero_shot is None:
         context.log.warning(f"no CLIP scene tags: {why}")

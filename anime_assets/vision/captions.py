@@ -18,7 +18,9 @@ EXPRESSION_TAG = {
 }
 # Tagger tags that say nothing a caption should carry (ratings are kept apart by the tagger).
 DROP_TAGS = {"simple_background", "white_background", "transparent_background"}
-MIN_EFFECT_COVERAGE = 0.01  # share of the frame: below this an effect layer is fringe, not an effect
+# Share of the frame: below this an effect layer is taken for fringe, not an effect (on frames
+# without effects, character parts the mask missed leave up to ~3% of the frame in it).
+MIN_EFFECT_COVERAGE = 0.05
 MIN_PAN = 0.08  # camera travel over the shot, as a share of the frame width, that reads as a pan
 
 
