@@ -160,7 +160,7 @@ def test_switching_a_model_shows_exactly_its_partitions_stale(ingested, monkeypa
     from anime_assets.models import selection
 
     def status(assets):
-        graph = dg.Definitions(assets=assets).resolve_asset_graph()
+        graph = dg.Definitions(assets=assets, resources=resources()).resolve_asset_graph()
         resolver = CachingStaleStatusResolver(ingested, graph, LoadingContextForTest(ingested))
         return {a: resolver.get_status(dg.AssetKey(a), "ep01|s0002")
                 for a in ("clean_frames", "character_layers", "frame_pose", "frame_captions")}
