@@ -277,3 +277,54 @@ def test_sensors_register_new_files_and_request_only_real_shots(ingested):
     # CLI runs are left to the CLI: the pipeline sensor requests nothing for them.
     requests, cursor = next_stage_requests(instance, 0)
     assert requests == [] and cursor > 0
+
+
+def test_a_pulled_tagger_labels_the_fixture_expressions_through_the_assets(ingested, tmp_path, monkeypatch):
+    """End to end with a tagger in the Hugging Face cache (the offline stand-in of test_tagger: a
+    mouth-template classifier built from the fixture art, real WD signature and tag list): the
+    faces go stale, re-materialising them labels each face with its ground-truth expression, and
+    the captions carry the tagger's tags."""
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+    from dagster._core.loader import LoadingContextForTest
+
+    from anime_assets.definitions import BASE_ASSETS, model_versions, with_model_versions
+    from anime_assets.defs.partitions import shot_range_tags
+    from anime_assets.models import selection
+    from anime_assets_tests import test_tagger as tt
+    from anime_assets_tests.standins import offline_hf_cache
+
+    templates, classes = tt.mouth_templates(tt.template_crops())
+    rows = tt.oracle_tag_rows()
+    model = tt.oracle_standin(tmp_path / "oracle.onnx", templates, classes, [n for n, _ in rows])
+    tt.cache_wd(offline_hf_cache(tmp_path / "hf", monkeypatch),
+                lambda p: (p.parent.mkdir(parents=True, exist_ok=True), shutil.copyfile(model, p))[1], rows)
+    assets = with_model_versions(BASE_ASSETS, model_versions(selection.resolve_all()))
+
+    def faces_status():
+        graph = dg.Definitions(assets=assets, resources=resources()).resolve_asset_graph()
+        return CachingStaleStatusResolver(ingested, graph, LoadingContextForTest(ingested)).get_status(
+            dg.AssetKey("frame_faces"), "ep01|s0001")
+
+    assert faces_status() == StaleStatus.STALE
+    storage = StorageResource()
+    n = len(json.loads((storage.media().partition_dir("shot_boundaries", "ep01") / "shots.json").read_text())["shots"])
+    result = dg.materialize(assets, selection=[dg.AssetKey("frame_faces"), dg.AssetKey("frame_captions")],
+                            instance=ingested, resources=resources(), tags=shot_range_tags("ep01", n))
+    assert result.success
+    assert faces_status() == StaleStatus.FRESH
+
+    truth = clips.GroundTruth.load(SAMPLE.with_suffix(".truth.json"))
+    uri = storage.tables().db_uri
+    judged = right = 0
+    for r in faces_table(uri).read_partition("ep01").to_pylist():
+        assert r["expression_model"].startswith("wd-vit-tagger-v3@")
+        for c, face in tt.match_faces([{"bbox": (f["x0"], f["y0"], f["x1"], f["y1"]), **f} for f in r["faces"]],
+                                      truth.frames[r["frame_index"]]["characters"]):
+            judged += 1
+            right += face["expression"] == tt.FIXTURE_TO_LABEL[c["expression"]]
+            assert {s["label"] for s in face["expression_scores"]} <= set(tt.EXPRESSIONS)
+    print(f"\nexpressions through the assets: {right}/{judged} faces match the fixture truth")
+    assert judged >= 40 and right / judged >= 0.9, (right, judged)
+    caps = captions_table(uri).read_partition("ep01").to_pylist()
+    assert all(c["tagger_model"].startswith("wd-vit-tagger-v3@") for c in caps)
+    assert all("1girl" in c["caption"].split(", ") for c in caps if c["caption"].startswith("solo"))
