@@ -17,6 +17,7 @@ from anime_assets.storage.media import MediaStore
 from anime_assets.vision.pose import body17, draw_skeleton, inside_mask_fraction, pose_tags
 
 SCORE_THRESHOLD = 0.3  # keypoints below this are kept in the row but not drawn, tagged or checked
+PREVIEW_HEIGHT = 200
 
 
 def instances_by_frame(layers_rows: list[dict]) -> dict[int, dict]:
@@ -72,14 +73,17 @@ def pose_rows(store: MediaStore, episode: str, shot: str, layers_rows: list[dict
                 frame_poses.append(k17)
             rows.append(row)
         if n in picks and frame_poses:
-            drawn.append(draw_skeleton(rgb, frame_poses, SCORE_THRESHOLD))
-    strip = _strip(drawn) if drawn else None
+            drawn.append(_preview(rgb, frame_poses))
+    strip = np.concatenate(drawn, axis=1) if drawn else None
     stats = {"kept": len(kept), "instances": len(rows),
              "inside_mask_median": float(np.median(fractions)) if fractions else None}
     return rows, strip, stats
 
 
-def _strip(images: list[np.ndarray], height: int = 160) -> np.ndarray:
-    scaled = [cv2.resize(im, (max(1, round(im.shape[1] * height / im.shape[0])), height),
-                         interpolation=cv2.INTER_AREA) for im in images]
-    return np.concatenate(scaled, axis=1)
+def _preview(rgb: np.ndarray, poses: list[np.ndarray], height: int = PREVIEW_HEIGHT) -> np.ndarray:
+    """The frame at preview size with the skeletons drawn at that size (lines drawn on the full
+    frame and then shrunk would vanish)."""
+    scale = height / rgb.shape[0]
+    small = cv2.resize(rgb, (max(1, round(rgb.shape[1] * scale)), height), interpolation=cv2.INTER_AREA)
+    scaled = [np.concatenate([p[:, :2] * scale, p[:, 2:]], axis=1) for p in poses]
+    return draw_skeleton(small, scaled, SCORE_THRESHOLD, thickness=2)

@@ -196,13 +196,14 @@ def body17(keypoints: np.ndarray, names: Sequence[str]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- drawing
-def draw_skeleton(rgb: np.ndarray, poses, threshold: float = 0.3, colours=None) -> np.ndarray:
+def draw_skeleton(rgb: np.ndarray, poses, threshold: float = 0.3, colours=None,
+                  thickness: int | None = None) -> np.ndarray:
     """A copy of `rgb` with each (17, 3) pose drawn: limbs between confident joints as
     anti-aliased lines in the instance's colour, joints as filled dots with a dark rim.
-    Line width scales with the image (about 1/250 of the short side, at least 1 px)."""
+    Line width: `thickness`, else about 1/250 of the short side (at least 1 px)."""
     out = np.array(rgb, np.uint8, copy=True, order="C")
     h, w = out.shape[:2]
-    thick = max(1, int(round(min(h, w) / 250)))
+    thick = thickness or max(1, int(round(min(h, w) / 250)))
     radius = thick + 1
     colours = list(colours) if colours else list(PALETTE)
     for n, pose in enumerate(poses):
