@@ -244,8 +244,32 @@ def cmd_status(args) -> int:
             rows = tables.count(episode)
         except Exception:  # no table yet
             rows = 0
-        print(f"{episode}\tshots={n if n is not None else '-'}\trows={rows}")
+        stale = _stale_shots(instance, episode, n) if n else {}
+        note = "\tstale=" + ",".join(f"{a}:{k}" for a, k in stale.items()) if stale else ""
+        print(f"{episode}\tshots={n if n is not None else '-'}\trows={rows}{note}")
     return 0
+
+
+def _stale_shots(instance, episode: str, n: int) -> dict[str, int]:
+    """Asset -> how many of the episode's shots are stale (made with another code version, i.e.
+    another model): the UI shows this only on each partition's own page (a Dagster limit for
+    partitioned assets); `backfill` re-runs them."""
+    import dagster as dg
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+    from dagster._core.loader import LoadingContextForTest
+
+    from anime_assets.definitions import defs
+    from anime_assets.defs.sensors import LAYER_ASSETS, SHOT_ASSETS
+
+    resolver = CachingStaleStatusResolver(instance, defs.resolve_asset_graph(), LoadingContextForTest(instance))
+    out = {}
+    for key in (*SHOT_ASSETS, *LAYER_ASSETS):
+        done = instance.get_materialized_partitions(key)
+        count = sum(resolver.get_status(key, p) == StaleStatus.STALE for p in
+                    (f"{episode}|s{i:04d}" for i in range(n)) if p in done)
+        if count:
+            out[key.to_user_string()] = count
+    return out
 
 
 def cmd_models(args) -> int:

@@ -174,6 +174,29 @@ def test_switching_a_model_shows_exactly_its_partitions_stale(ingested, monkeypa
     # Captions read the pose: Dagster marks them stale through the dependency, not the code version.
 
 
+def test_status_lists_stale_shots_per_asset(ingested, monkeypatch, capsys):
+    """The UI shows a partition's staleness only on that partition's page (a Dagster limit for
+    partitioned assets), so `anime-assets status` counts them per asset."""
+    import importlib
+
+    import anime_assets.definitions as definitions
+
+    capsys.readouterr()
+    assert cli.main(["status"]) == 0
+    assert "stale=" not in capsys.readouterr().out
+    monkeypatch.setenv("ANIME_ASSETS_POSE", "none")
+    try:
+        importlib.reload(definitions)
+        assert cli.main(["status"]) == 0
+        line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("ep01"))
+        n = len(json.loads((StorageResource().media().partition_dir("shot_boundaries", "ep01") / "shots.json")
+                           .read_text())["shots"])
+        assert line.endswith(f"stale=frame_pose:{n}")
+    finally:
+        monkeypatch.delenv("ANIME_ASSETS_POSE")
+        importlib.reload(definitions)
+
+
 def test_ingest_fills_the_three_layers_of_every_kept_frame(ingested):
     instance = ingested
     storage = StorageResource()
