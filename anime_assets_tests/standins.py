@@ -3,6 +3,7 @@ Face hub caches them, so the production loaders run against them with HF_HUB_OFF
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -28,14 +29,15 @@ def put_in_hf_cache(cache: Path, repo_id: str, filename: str, build) -> Path:
     `build(path)` writes the file at `path` and returns it. Several files of one repo share the
     snapshot."""
     repo = cache / ("models--" + repo_id.replace("/", "--"))
-    tmp = build(repo / "tmp" / filename)
+    tmp = build(repo / "tmp" / Path(filename).name)
     blob = repo / "blobs" / registry.sha256_file(tmp)
     blob.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(blob)
     shutil.rmtree(repo / "tmp")
     snapshot = repo / "snapshots" / REVISION
-    snapshot.mkdir(parents=True, exist_ok=True)
-    (snapshot / filename).symlink_to(Path("..") / ".." / "blobs" / blob.name)
+    link = snapshot / filename  # a file in a folder of the repo links from one level deeper
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(os.path.relpath(blob, link.parent))
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(REVISION)
     return snapshot / filename

@@ -43,7 +43,7 @@ from anime_assets.models.face_detect import (
     nms,
 )
 from anime_assets_tests.fixtures import clips
-from anime_assets_tests.standins import REVISION, offline_hf_cache, put_in_hf_cache, save_onnx
+from anime_assets_tests.standins import offline_hf_cache, put_in_hf_cache, save_onnx
 
 SKIN = (255, 204, 160)  # R 1.0, G 0.8, B 0.63: passes the stand-in's colour test only as RGB / 255
 BACKGROUND = (30, 60, 120)
@@ -151,16 +151,9 @@ def face_box(width: int, height: int) -> list[int]:
 
 
 def cache_model(cache, build):
-    """Put a file at REPO/FILE (a path in a folder) in the hub cache layout. `put_in_hf_cache`
-    links files at the top of a snapshot only, so it is saved there and moved into the folder,
-    its link one level deeper (snapshots/<rev>/face_detect_v1.4_s/model.onnx -> ../../../blobs/..)."""
-    flat = put_in_hf_cache(cache, REPO, "model.onnx", build)
-    blob = flat.readlink().name
-    nested = cache / ("models--" + REPO.replace("/", "--")) / "snapshots" / REVISION / FILE
-    nested.parent.mkdir(parents=True, exist_ok=True)
-    nested.symlink_to(Path("..") / ".." / ".." / "blobs" / blob)
-    flat.unlink()
-    assert nested.is_file() and not flat.exists()
+    """The model at REPO/FILE (a path in a folder) in the hub cache layout."""
+    nested = put_in_hf_cache(cache, REPO, FILE, build)
+    assert nested.is_file() and nested.parent.name == FILE.split("/")[0]
     return nested
 
 
