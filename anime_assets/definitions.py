@@ -72,7 +72,8 @@ def resources() -> dict:
         "embedder": EmbedderResource(embedder=selection.env_choice("embedder")),
         "layer_models": LayerModelsResource(segmenter=selection.env_choice("segmenter"),
                                             inpainter=selection.env_choice("inpainter")),
-        "annotation_models": AnnotationModelsResource(pose=selection.env_choice("pose"),
+        "annotation_models": AnnotationModelsResource(faces=selection.env_choice("faces"),
+                                                      pose=selection.env_choice("pose"),
                                                       tagger=selection.env_choice("tagger"),
                                                       expression=expression_choice()),
     }

@@ -34,7 +34,8 @@ def test_auto_resolves_to_what_is_here_and_says_why(hf_cache):
     assert selection.resolve("embedder").name == "colour-layout-v1"
     tagger = selection.resolve("tagger")
     assert tagger.name == "none" and tagger.model_id == "none" and "wd-vit-tagger-v3" in tagger.reason
-    assert selection.resolve("faces").model_id.startswith("animeface@2.0")
+    faces = selection.resolve("faces")
+    assert faces.model_id.startswith("animeface@2.0") and "anime-face-yolo" in faces.reason
     source, why = selection.resolve_expression("auto", tagger, selection.resolve("embedder"))
     assert source == "none" and "anime tagger" in why and "CLIP" in why
 

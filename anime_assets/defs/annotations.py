@@ -42,17 +42,17 @@ def _zero_shot(embedder: EmbedderResource):
 
 def _expression_judge(context, embedder: EmbedderResource, models: AnnotationModelsResource):
     """(ExpressionJudge or None, reason it is None)."""
-    tagger = zs = None
+    no_tagger = None
     choice = (models.expression or "auto").strip().lower()
     if choice in ("auto", "tagger"):
-        tagger, warning = models.load_tagger()
+        tagger, no_tagger = models.load_tagger()
         if tagger is not None:
             return fc.tagger_judge(tagger), None
-        if warning:
-            context.log.warning(warning)
     if choice in ("auto", "clip"):
         zs, why = _zero_shot(embedder)
         if zs is not None:
+            if choice == "auto":
+                context.log.warning(f"expression from CLIP zero-shot on the face crops: {no_tagger}")
             return fc.clip_judge(zs), None
     r = selection.resolve_expression(choice, selection.resolve("tagger", models.tagger),
                                      selection.resolve("embedder", embedder.embedder))
@@ -72,8 +72,8 @@ def _read(table, episode, shot) -> list[dict]:
     kinds={"lancedb"},
     check_specs=[dg.AssetCheckSpec("rows_equal_kept_frames", asset="frame_faces",
                                    description="LanceDB `faces` rows of these shots == their kept frames.")],
-    description="Anime face boxes (hair and eye colours) of every kept frame, from animeface (model compiled "
-                "into the package), each with an expression label of a fixed set and its scores (anime tagger, "
+    description="Anime face boxes of every kept frame (the YOLO anime face detector when here, else animeface, "
+                "compiled into its package, which adds hair and eye colours), each with an expression label of a fixed set and its scores (anime tagger, "
                 "else CLIP zero-shot on the face crop), or null with the reason.",
 )
 def frame_faces(context: dg.AssetExecutionContext, storage: StorageResource, embedder: EmbedderResource,
@@ -81,6 +81,9 @@ def frame_faces(context: dg.AssetExecutionContext, storage: StorageResource, emb
     store = storage.media()
     targets = _targets(context)
     _check_real_shots(context, _EpisodeCache(store), targets)
+    detector, warning = annotation_models.load_faces()
+    if warning:
+        context.log.warning(warning)
     judge, why = _expression_judge(context, embedder, annotation_models)
     if judge is None:
         context.log.warning(f"expression left null: {why}")
@@ -89,7 +92,7 @@ def frame_faces(context: dg.AssetExecutionContext, storage: StorageResource, emb
     kept = faces = with_face = labelled = 0
     labels: dict[str, int] = {}
     for n, (episode, shot) in enumerate(targets):
-        rows = fc.face_rows(store, episode, shot, judge, why or "")
+        rows = fc.face_rows(store, episode, shot, detector, judge, why or "")
         table.replace_partition(episode, shot, rows)
         kept += len(rows)
         faces += sum(r[fs.N_FACES] for r in rows)
@@ -103,7 +106,7 @@ def frame_faces(context: dg.AssetExecutionContext, storage: StorageResource, emb
     return dg.MaterializeResult(
         metadata={"shots": len(targets), "kept_frames": kept, "faces": faces, "frames_with_a_face": with_face,
                   "frames_with_an_expression": labelled, "expressions": dg.MetadataValue.json(labels),
-                  "face_model": fc.FACE_MODEL, "expression_model": judge.model_id if judge else f"none ({why})",
+                  "face_model": detector.model_id, "expression_model": judge.model_id if judge else f"none ({why})",
                   "seconds": round(time.perf_counter() - t0, 2), "table_version": table.version,
                   "dagster/uri": table.db_uri},
         check_results=[dg.AssetCheckResult(check_name="rows_equal_kept_frames", passed=rows_now == kept,
@@ -196,7 +199,7 @@ def frame_captions(context: dg.AssetExecutionContext, storage: StorageResource, 
     missing = {}
     tagger, warning = annotation_models.load_tagger()
     if warning:
-        context.log.warning(warning)
+        context.log.warning(f"{warning}; captions use only what the other assets measured")
         missing["tagger tags"] = "no anime tagger here (`anime-assets models list` says why)"
     zero_shot, why = _zero_shot(embedder)
     if zero_shot is None:

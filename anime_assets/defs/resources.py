@@ -162,10 +162,16 @@ def _load_layer_models(segmenter: str, seg_why: str | None, segmenter_path: str,
 class AnnotationModelsResource(dg.ConfigurableResource):
     """Models of the pose, expression and caption assets. "auto": the best one here."""
 
+    faces: str = "auto"  # auto (the YOLO anime face detector when here, else animeface) | anime-face-yolo | animeface
     pose: str = "auto"  # auto (DWPose, then MediaPipe pose from the registry wheel) | dwpose | mediapipe | none
     tagger: str = "auto"  # auto (WD ViT tagger v3 when here) | wd-vit-tagger-v3 | none
     expression: str = "auto"  # auto (the tagger, else CLIP zero-shot on the face) | tagger | clip | none
     allow_download: bool = True  # an explicitly chosen model may be fetched from the hub (never when HF_HUB_OFFLINE=1)
+
+    def load_faces(self):
+        """(face detector, warning or None)."""
+        choice, why = _auto("faces", self.faces)
+        return _load_faces(choice, why, self.allow_download)
 
     def load_pose(self):
         """(PoseEstimator or None, warning or None)."""
@@ -176,6 +182,15 @@ class AnnotationModelsResource(dg.ConfigurableResource):
         """(Tagger or None, warning or None)."""
         choice, why = _auto("tagger", self.tagger)
         return _load_tagger(choice, why, self.allow_download)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_faces(choice: str, why: str | None, allow_download: bool):
+    from anime_assets.models.face_detect import load_face_detector
+
+    model = load_face_detector(choice, allow_download=allow_download)
+    reason = why or getattr(model, "fallback_reason", None)
+    return model, (f"faces: {reason}; using {model.model_id}" if reason else None)
 
 
 @functools.lru_cache(maxsize=4)
@@ -199,8 +214,8 @@ def _load_tagger(choice: str, why: str | None, allow_download: bool):
     from anime_assets.models.tagger import load_tagger
 
     if choice == "none":
-        return None, f"no anime tagger ({why or 'tagger turned off'}); tags come only from what else is known"
+        return None, f"no anime tagger ({why or 'tagger turned off'})"
     try:
         return load_tagger(choice, allow_download=allow_download), None
     except ModelUnavailable as e:
-        return None, f"no anime tagger ({e.reason}); tags come only from what else is known"
+        return None, f"no anime tagger ({e.reason})"

@@ -34,7 +34,7 @@ CANDIDATES: dict[str, dict[str, str]] = {
     "inpainter": {"lama": "lama-onnx", "telea": "opencv-telea"},
     "pose": {"dwpose": "dwpose-ll-ucoco-384", "mediapipe": "mediapipe-pose-landmark-full"},
     "tagger": {"wd-vit-tagger-v3": "wd-vit-tagger-v3"},
-    "faces": {"animeface": "animeface"},
+    "faces": {"anime-face-yolo": "anime-face-yolo", "animeface": "animeface"},
 }
 # Stages that may run with no model at all (the asset then says why in every row).
 MAY_BE_NONE = {"segmenter", "pose", "tagger"}

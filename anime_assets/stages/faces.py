@@ -1,6 +1,7 @@
 """Faces of one shot's kept frames -> LanceDB `faces` rows (one per kept frame, replaced per shot).
 
-Each face gets an expression label of the fixed set with scores, judged on its face crop by an
+Faces come from the YOLO anime face detector when it is here, else animeface (compiled into its
+package). Each face gets an expression label of the fixed set with scores, judged on its face crop by an
 anime tagger's expression tags, or by CLIP zero-shot; with neither model here the label is null
 with the reason (a guess passed off as a label would be a defect).
 """
@@ -18,9 +19,6 @@ from anime_assets.stages import clean_frames as cf
 from anime_assets.storage import schema as fs
 from anime_assets.storage.media import MediaStore
 from anime_assets.vision.expression import expression_from_tags, face_crop
-from anime_assets.vision.faces import detect_faces
-
-FACE_MODEL = "animeface-2.0.3"
 
 
 @dataclass
@@ -46,8 +44,12 @@ def clip_judge(zero_shot) -> ExpressionJudge:
     return ExpressionJudge(zero_shot.model_id, judge)
 
 
-def _hex(rgb) -> str:
-    return "#%02x%02x%02x" % tuple(int(v) for v in rgb)
+def _hex(rgb) -> str | None:
+    return None if rgb is None else "#%02x%02x%02x" % tuple(int(v) for v in rgb)
+
+
+def _eye(face: dict, side: str) -> str | None:
+    return _hex((face.get(side) or {}).get("color"))
 
 
 def read_kept(store: MediaStore, episode: str, shot: str):
@@ -63,19 +65,20 @@ def read_kept(store: MediaStore, episode: str, shot: str):
         yield r, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def face_rows(store: MediaStore, episode: str, shot: str, judge: ExpressionJudge | None,
+def face_rows(store: MediaStore, episode: str, shot: str, detector, judge: ExpressionJudge | None,
               no_judge_reason: str = "") -> list[dict]:
+    """`detector.detect(rgb)` gives face dicts (bbox, likelihood; animeface adds colours)."""
     rows = []
     for r, rgb in read_kept(store, episode, shot):
-        faces = detect_faces(rgb)
+        faces = detector.detect(rgb)
         verdicts = judge.judge([face_crop(rgb, f["bbox"]) for f in faces]) if judge and faces else []
         records = []
         for i, f in enumerate(faces):
             label, scores, _ = verdicts[i] if verdicts else (None, {}, None)
             records.append({
                 "x0": f["bbox"][0], "y0": f["bbox"][1], "x1": f["bbox"][2], "y1": f["bbox"][3],
-                "likelihood": f["likelihood"], "hair": _hex(f["hair"]),
-                "left_eye": _hex(f["left_eye"]["color"]), "right_eye": _hex(f["right_eye"]["color"]),
+                "likelihood": f["likelihood"], "hair": _hex(f.get("hair")),
+                "left_eye": _eye(f, "left_eye"), "right_eye": _eye(f, "right_eye"),
                 "expression": label,
                 "expression_scores": [{"label": k, "score": float(v)}
                                       for k, v in sorted(scores.items(), key=lambda kv: -kv[1])],
@@ -96,7 +99,7 @@ def face_rows(store: MediaStore, episode: str, shot: str, judge: ExpressionJudge
             fs.FRAME_INDEX: r["frame"], fs.FACES: records, fs.N_FACES: len(faces),
             fs.EXPRESSION: label, fs.EXPRESSION_REASON: reason,
             fs.EXPRESSION_MODEL: judge.model_id if judge else "none",
-            fs.FACE_MODEL: FACE_MODEL, fs.PIPELINE_VERSION: PIPELINE_VERSION,
+            fs.FACE_MODEL: detector.model_id, fs.PIPELINE_VERSION: PIPELINE_VERSION,
         })
     return rows
 
