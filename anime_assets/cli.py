@@ -254,7 +254,6 @@ def _stale_shots(instance, episode: str, n: int) -> dict[str, int]:
     """Asset -> how many of the episode's shots are stale (made with another code version, i.e.
     another model): the UI shows this only on each partition's own page (a Dagster limit for
     partitioned assets); `backfill` re-runs them."""
-    import dagster as dg
     from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
     from dagster._core.loader import LoadingContextForTest
 

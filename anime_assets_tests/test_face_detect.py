@@ -22,7 +22,6 @@ What it is NOT: a face model; it says nothing about the real detector's accuracy
 from __future__ import annotations
 
 from importlib.metadata import version
-from pathlib import Path
 
 import numpy as np
 import onnx
