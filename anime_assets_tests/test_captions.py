@@ -18,6 +18,10 @@ def test_caption_order_and_sources():
     assert sources["Sylvie"] == "registry" and sources["smile"] == "faces"  # the tagger's smile is not repeated
     assert sources["glowing"] == "layers" and sources["outdoors"] == "clip" and sources["camera pan"] == "shot"
     assert sources_note(facts) == "all sources present"
+    facts.shot_type = ("full body", 0.7)  # the keypoints already framed the shot: CLIP's guess is left out
+    assert "full body" not in caption(facts)[0]
+    facts.pose_tags = [["arms up"]]
+    assert caption(facts)[0].split(", ")[2:5] == ["smile", "arms up", "full body"]
 
 
 def test_unknown_facts_are_left_out_and_named():

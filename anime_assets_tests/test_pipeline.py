@@ -351,3 +351,32 @@ def test_a_pulled_tagger_labels_the_fixture_expressions_through_the_assets(inges
     caps = captions_table(uri).read_partition("ep01").to_pylist()
     assert all(c["tagger_model"].startswith("wd-vit-tagger-v3@") for c in caps)
     assert all("1girl" in c["caption"].split(", ") for c in caps if c["caption"].startswith("solo"))
+
+
+def test_clip_zero_shot_labels_faces_and_tags_scenes_through_the_assets(ingested, tmp_path, monkeypatch):
+    """The CLIP path end to end, with a random-weight tiny open_clip model in the HF cache (real
+    format, offline): plumbing only, since random weights judge nothing."""
+    from anime_assets.defs.partitions import shot_range_tags
+    from anime_assets.defs.resources import AnnotationModelsResource, EmbedderResource
+    from anime_assets.vision.expression import EXPRESSIONS
+    from anime_assets_tests import test_tagger as tt
+    from anime_assets_tests.standins import offline_hf_cache
+
+    name = tt.cache_tiny_clip(offline_hf_cache(tmp_path, monkeypatch))
+    res = {**resources(), "embedder": EmbedderResource(embedder="clip", model=name, pretrained=""),
+           "annotation_models": AnnotationModelsResource(tagger="none", expression="clip")}
+    storage = StorageResource()
+    n = len(json.loads((storage.media().partition_dir("shot_boundaries", "ep01") / "shots.json").read_text())["shots"])
+    result = dg.materialize(ALL_ASSETS, selection=[dg.AssetKey("frame_faces"), dg.AssetKey("frame_captions")],
+                            instance=ingested, resources=res, tags=shot_range_tags("ep01", n))
+    assert result.success
+    uri = storage.tables().db_uri
+    faces = faces_table(uri).read_partition("ep01").to_pylist()
+    assert all(r["expression_model"] == f"zero-shot:open_clip:{name}" for r in faces)
+    judged = [f for r in faces for f in r["faces"]]
+    assert judged and all(f["expression"] in EXPRESSIONS and len(f["expression_scores"]) == len(EXPRESSIONS)
+                          for f in judged)
+    assert all(abs(sum(s["score"] for s in f["expression_scores"]) - 1) < 1e-3 for f in judged)
+    caps = captions_table(uri).read_partition("ep01").to_pylist()
+    assert sum(any(t["source"] == "clip" for t in c["tags"]) for c in caps) == len(caps)
+    assert all("no scene tags" not in c["caption_sources"] for c in caps)

@@ -613,13 +613,11 @@ TINY_CFG = {
 }
 
 
-@pytest.fixture
-def tiny_clip(tmp_path, monkeypatch):
-    """A random-weight open_clip model in the HF cache as testorg/tiny-clip (like test_embed.py),
-    loaded offline through load_clip."""
+def cache_tiny_clip(cache: Path) -> str:
+    """A random-weight open_clip model in the HF cache as testorg/tiny-clip (like test_embed.py);
+    returns its open_clip name."""
     from safetensors.torch import save_file
 
-    cache = offline_hf_cache(tmp_path, monkeypatch)
     torch.manual_seed(0)
     state = {k: v.clone().contiguous() for k, v in open_clip.CLIP(**TINY_CFG).state_dict().items()}
     config = {"model_cfg": TINY_CFG, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
@@ -636,7 +634,14 @@ def tiny_clip(tmp_path, monkeypatch):
 
     put_in_hf_cache(cache, "testorg/tiny-clip", "open_clip_config.json", write_json)
     put_in_hf_cache(cache, "testorg/tiny-clip", "open_clip_model.safetensors", write_weights)
-    return load_clip("hf-hub:testorg/tiny-clip", num_threads=2, batch_size=4)
+    return "hf-hub:testorg/tiny-clip"
+
+
+@pytest.fixture
+def tiny_clip(tmp_path, monkeypatch):
+    """The tiny CLIP loaded offline through load_clip."""
+    name = cache_tiny_clip(offline_hf_cache(tmp_path, monkeypatch))
+    return load_clip(name, num_threads=2, batch_size=4)
 
 
 def test_zero_shot_with_a_tiny_clip(tiny_clip):

@@ -40,6 +40,7 @@ def caption_rows(store: MediaStore, episode: str, shot: str, layers_rows: list[d
     images = [rgb for _, rgb in kept]
     tagged = tagger.predict(images) if tagger is not None else None
     scenes = zero_shot.scene_tags(images) if zero_shot is not None else None
+    framings = zero_shot.shot_types(images) if zero_shot is not None else None
     rows = []
     for i, (r, rgb) in enumerate(kept):
         frame = r["frame"]
@@ -71,7 +72,7 @@ def caption_rows(store: MediaStore, episode: str, shot: str, layers_rows: list[d
             facts.tagger_characters = sorted(((t, p) for t, p in probs.items()
                                               if cats[t] == 4 and p >= CHARACTER_THRESHOLD), key=lambda tp: -tp[1])
         if scenes is not None:
-            facts.scene_tags = scenes[i]
+            facts.scene_tags, facts.shot_type = scenes[i], framings[i]
         facts.missing = gone
         text, tags = caption(facts)
         rows.append({

@@ -21,6 +21,7 @@ DROP_TAGS = {"simple_background", "white_background", "transparent_background"}
 # Share of the frame: below this an effect layer is taken for fringe, not an effect (on frames
 # without effects, character parts the mask missed leave up to ~3% of the frame in it).
 MIN_EFFECT_COVERAGE = 0.05
+FRAMING_TAGS = {"full body", "cowboy shot", "upper body", "portrait", "close-up", "wide shot"}
 MIN_PAN = 0.08  # camera travel over the shot, as a share of the frame width, that reads as a pan
 
 
@@ -38,6 +39,7 @@ class FrameFacts:
     tagger_tags: list[tuple[str, float]] | None = None  # general tags above threshold, best first
     tagger_characters: list[tuple[str, float]] | None = None  # the tagger's character tags
     scene_tags: list[tuple[str, float]] | None = None  # CLIP zero-shot
+    shot_type: tuple[str, float] | None = None  # CLIP zero-shot framing, used when the pose gives none
     effect_blend: str | None = None
     effect_coverage: float | None = None
     camera_travel: float | None = None  # camera travel over the shot / frame width
@@ -77,6 +79,9 @@ def caption_tags(f: FrameFacts) -> list[tuple[str, float, str]]:
     for tags in f.pose_tags or []:
         for t in tags:
             add(t, 1.0, "pose")
+    pose_framed = any(t in FRAMING_TAGS for tags in f.pose_tags or [] for t in tags)
+    if f.shot_type is not None and not pose_framed:  # measured keypoints beat a zero-shot guess
+        add(f.shot_type[0], f.shot_type[1], "clip")
     for tag, p in f.tagger_tags or []:
         if tag not in DROP_TAGS:
             add(tag, p, "tagger")
