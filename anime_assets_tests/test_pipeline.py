@@ -358,7 +358,12 @@ def test_a_pulled_tagger_labels_the_fixture_expressions_through_the_assets(inges
     assert judged >= 40 and right / judged >= 0.9, (right, judged)
     caps = captions_table(uri).read_partition("ep01").to_pylist()
     assert all(c["tagger_model"].startswith("wd-vit-tagger-v3@") for c in caps)
-    assert all("1girl" in c["caption"].split(", ") for c in caps if c["caption"].startswith("solo"))
+    # The stand-in gives its constant tags (1girl, long hair, ...) only where a face fills enough
+    # of the frame to pass its input check: nearly every solo frame of the sample.
+    solo = [c for c in caps if c["caption"].startswith("solo")]
+    tagged = [c for c in solo if "1girl" in c["caption"].split(", ")]
+    assert len(tagged) >= 0.9 * len(solo), (len(tagged), len(solo))
+    assert all(t["source"] == "tagger" for c in tagged for t in c["tags"] if t["tag"] == "1girl")
 
 
 def test_clip_zero_shot_labels_faces_and_tags_scenes_through_the_assets(ingested, tmp_path, monkeypatch):
