@@ -33,7 +33,6 @@ from anime_assets.models.clip import ModelUnavailable
 from anime_assets.models.face_detect import (
     ANIME_FACE_YOLO,
     FILE,
-    REGISTRY_ENTRY,
     REPO,
     AnimefaceDetector,
     YoloFaceDetector,
@@ -169,7 +168,8 @@ def test_auto_loads_the_cached_model(yolo_file):
     assert det.model_id == f"{ANIME_FACE_YOLO}@{registry.sha256_file(yolo_file)[:12]}"
     assert (det.input_size, det.static_shape, det.labels) == (640, None, ("face",))
     assert load_face_detector("anime-face-yolo").model_id == det.model_id
-    assert REGISTRY_ENTRY["files"] == (FILE,) and REGISTRY_ENTRY["source"] == "hf-hub:" + REPO
+    spec = registry.REGISTRY[ANIME_FACE_YOLO]
+    assert spec.files == (FILE,) and spec.source == "hf-hub:" + REPO
 
 
 @pytest.mark.parametrize("size", [(640, 360), (1920, 1080)])

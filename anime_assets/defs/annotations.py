@@ -82,6 +82,8 @@ def frame_faces(context: dg.AssetExecutionContext, storage: StorageResource, emb
     targets = _targets(context)
     _check_real_shots(context, _EpisodeCache(store), targets)
     detector, warning = annotation_models.load_faces()
+    if detector is None:
+        raise dg.Failure(description=warning)
     if warning:
         context.log.warning(warning)
     judge, why = _expression_judge(context, embedder, annotation_models)

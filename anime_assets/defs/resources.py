@@ -170,52 +170,38 @@ class AnnotationModelsResource(dg.ConfigurableResource):
 
     def load_faces(self):
         """(face detector, warning or None)."""
-        choice, why = _auto("faces", self.faces)
-        return _load_faces(choice, why, self.allow_download)
+        return _load_annotation_model("faces", *_auto("faces", self.faces), self.allow_download)
 
     def load_pose(self):
         """(PoseEstimator or None, warning or None)."""
-        choice, why = _auto("pose", self.pose)
-        return _load_pose(choice, why, self.allow_download)
+        return _load_annotation_model("pose", *_auto("pose", self.pose), self.allow_download)
 
     def load_tagger(self):
         """(Tagger or None, warning or None)."""
-        choice, why = _auto("tagger", self.tagger)
-        return _load_tagger(choice, why, self.allow_download)
+        return _load_annotation_model("tagger", *_auto("tagger", self.tagger), self.allow_download)
 
 
-@functools.lru_cache(maxsize=4)
-def _load_faces(choice: str, why: str | None, allow_download: bool):
+def _loaders():
     from anime_assets.models.face_detect import load_face_detector
-
-    model = load_face_detector(choice, allow_download=allow_download)
-    reason = why or getattr(model, "fallback_reason", None)
-    return model, (f"faces: {reason}; using {model.model_id}" if reason else None)
-
-
-@functools.lru_cache(maxsize=4)
-def _load_pose(choice: str, why: str | None, allow_download: bool):
-    from anime_assets.models.clip import ModelUnavailable
     from anime_assets.models.pose import load_pose_estimator
-
-    if choice == "none":
-        return None, f"no pose model ({why or 'pose turned off'}); keypoints are null"
-    try:
-        model = load_pose_estimator(choice, allow_download=allow_download)
-    except ModelUnavailable as e:
-        return None, f"no pose model ({e.reason}); keypoints are null"
-    reason = why or getattr(model, "fallback_reason", None)
-    return model, (f"pose: {reason}; using {model.model_id}" if reason else None)
-
-
-@functools.lru_cache(maxsize=4)
-def _load_tagger(choice: str, why: str | None, allow_download: bool):
-    from anime_assets.models.clip import ModelUnavailable
     from anime_assets.models.tagger import load_tagger
 
+    return {"faces": (load_face_detector, "face detector"), "pose": (load_pose_estimator, "pose model"),
+            "tagger": (load_tagger, "anime tagger")}
+
+
+@functools.lru_cache(maxsize=8)
+def _load_annotation_model(stage: str, choice: str, why: str | None, allow_download: bool):
+    """(model or None, warning or None): the model, or None with why (turned off / cannot load);
+    a warning also names a fallback ("auto" resolved to a lesser model, or the loader fell back)."""
+    from anime_assets.models.clip import ModelUnavailable
+
+    load, what = _loaders()[stage]
     if choice == "none":
-        return None, f"no anime tagger ({why or 'tagger turned off'})"
+        return None, f"no {what} ({why or stage + ' turned off'})"
     try:
-        return load_tagger(choice, allow_download=allow_download), None
+        model = load(choice, allow_download=allow_download)
     except ModelUnavailable as e:
-        return None, f"no anime tagger ({e.reason})"
+        return None, f"no {what} ({e.reason})"
+    reason = why or getattr(model, "fallback_reason", None)
+    return model, (f"{stage}: {reason}; using {model.model_id}" if reason else None)

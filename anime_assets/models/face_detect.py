@@ -80,26 +80,6 @@ _ALIASES = {
     "nvxs": ANIMEFACE,
 }
 
-REGISTRY_ENTRY = dict(
-    name=ANIME_FACE_YOLO,
-    task="face-detection",
-    source="hf-hub:" + REPO,
-    files=(FILE,),
-    license=(
-        "MIT per the deepghs/anime_face_detection model card; trained with Ultralytics YOLOv8, "
-        "which is AGPL-3.0 and stamps 'AGPL-3.0' into the exported ONNX metadata (Ultralytics "
-        "holds that trained models fall under it); the training data's licence is not stated"
-    ),
-    input_size=INPUT_SIZE,
-    notes=(
-        "deepghs YOLOv8s anime face detector v1.4 (imgutils.detect.detect_faces): input 'images' "
-        "1x3xHxW RGB floats 0..1, dynamic H/W (multiples of 32, long side 640); output 'output0' "
-        "1x5xN (cx, cy, w, h in input pixels, face score); NMS outside the graph (conf 0.25, IoU "
-        "0.7 as imgutils). Card: F1 0.95 at threshold 0.307. Boxes only (no eyes or colours). "
-        "About 45 MB. Run with onnxruntime."
-    ),
-)
-
 
 @runtime_checkable
 class FaceDetector(Protocol):
