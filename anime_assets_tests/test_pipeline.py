@@ -380,8 +380,20 @@ def test_clip_zero_shot_labels_faces_and_tags_scenes_through_the_assets(ingested
            "annotation_models": AnnotationModelsResource(tagger="none", expression="clip")}
     storage = StorageResource()
     n = len(json.loads((storage.media().partition_dir("shot_boundaries", "ep01") / "shots.json").read_text())["shots"])
-    result = dg.materialize(ALL_ASSETS, selection=[dg.AssetKey("frame_faces"), dg.AssetKey("frame_captions")],
-                            instance=ingested, resources=res, tags=shot_range_tags("ep01", n))
+    tags = shot_range_tags("ep01", n)
+    result = dg.materialize(ALL_ASSETS, selection=[frame_embeddings.key, dg.AssetKey("frame_faces")],
+                            instance=ingested, resources=res, tags=tags)
+    assert result.success and storage.frames_for_reading().embedding_model == f"open_clip:{name}"
+
+    # Captions reuse the stored frame vectors of the same CLIP: no frame is embedded again.
+    from anime_assets.models.clip import ClipEmbedder
+
+    def no_frames(self, images):
+        raise AssertionError("frames embedded again")
+
+    monkeypatch.setattr(ClipEmbedder, "embed_images", no_frames)
+    result = dg.materialize(ALL_ASSETS, selection=[dg.AssetKey("frame_captions")], instance=ingested,
+                            resources=res, tags=tags)
     assert result.success
     uri = storage.tables().db_uri
     faces = faces_table(uri).read_partition("ep01").to_pylist()

@@ -10,6 +10,7 @@ and instance), replacing a shot's rows in one commit.
 import time
 
 import dagster as dg
+import numpy as np
 
 from anime_assets import progress
 from anime_assets.defs.layers import BACKGROUND, CHARACTER, EFFECT
@@ -22,7 +23,7 @@ from anime_assets.stages import captions as cp
 from anime_assets.stages import faces as fc
 from anime_assets.stages import pose as ps
 from anime_assets.storage import schema as fs
-from anime_assets.storage.tables import captions_table, faces_table, layers_table, pose_table
+from anime_assets.storage.tables import FramesTableError, captions_table, faces_table, layers_table, pose_table
 from anime_assets.vision.contact import markdown_image, png_bytes
 
 GROUP = "annotations"
@@ -57,6 +58,18 @@ def _expression_judge(context, embedder: EmbedderResource, models: AnnotationMod
     r = selection.resolve_expression(choice, selection.resolve("tagger", models.tagger),
                                      selection.resolve("embedder", embedder.embedder))
     return None, r[1] or "no expression model could be loaded"
+
+
+def _frames_of(storage: StorageResource, zero_shot):
+    """The `frames` table when it holds the zero-shot model's own image vectors (reuse them),
+    else None."""
+    if zero_shot is None:
+        return None
+    try:
+        frames = storage.frames_for_reading()
+    except FramesTableError:  # no frames table yet
+        return None
+    return frames if frames.embedding_model == zero_shot.embedder.model_id else None
 
 
 def _read(table, episode, shot) -> list[dict]:
@@ -211,9 +224,14 @@ def frame_captions(context: dg.AssetExecutionContext, storage: StorageResource, 
     layers, faces, poses, table = layers_table(uri), faces_table(uri), pose_table(uri), captions_table(uri)
     t0 = time.perf_counter()
     kept, examples = 0, []
+    frames = _frames_of(storage, zero_shot)
     for n, (episode, shot) in enumerate(targets):
+        vectors = None
+        if frames is not None:
+            got = frames.read_partition(episode, shot, columns=[fs.FRAME_INDEX, fs.VECTOR]).to_pylist()
+            vectors = {r[fs.FRAME_INDEX]: np.asarray(r[fs.VECTOR], np.float32) for r in got}
         rows = cp.caption_rows(store, episode, shot, _read(layers, episode, shot), _read(faces, episode, shot),
-                               _read(poses, episode, shot), tagger, zero_shot, missing)
+                               _read(poses, episode, shot), tagger, zero_shot, missing, frame_vectors=vectors)
         table.replace_partition(episode, shot, rows)
         kept += len(rows)
         if rows and len(examples) < 12:

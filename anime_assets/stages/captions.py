@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import numpy as np
+
 from anime_assets import PIPELINE_VERSION
 from anime_assets.stages.faces import read_kept
 from anime_assets.storage import schema as fs
@@ -28,7 +30,10 @@ def _by_frame(rows: list[dict]) -> dict[int, dict]:
 
 def caption_rows(store: MediaStore, episode: str, shot: str, layers_rows: list[dict], faces_rows: list[dict],
                  pose_rows: list[dict], tagger=None, zero_shot=None, missing: dict[str, str] | None = None,
-                 characters_reason: str = "the character registry does not exist yet") -> list[dict]:
+                 characters_reason: str = "the character registry does not exist yet",
+                 frame_vectors: dict[int, np.ndarray] | None = None) -> list[dict]:
+    """`frame_vectors`: the shot's stored CLIP vectors by frame index, when `frames` holds vectors
+    of the zero-shot model (then no frame is embedded again)."""
     layers, faces = _by_frame(layers_rows), _by_frame(faces_rows)
     poses: dict[int, list[dict]] = defaultdict(list)
     for p in pose_rows:
@@ -42,8 +47,12 @@ def caption_rows(store: MediaStore, episode: str, shot: str, layers_rows: list[d
     travel = max(max(xs) - min(xs), (max(ys) - min(ys)) * w / max(h, 1)) / w if xs and ys else None
     images = [rgb for _, rgb in kept]
     tagged = tagger.predict(images) if tagger is not None else None
-    scenes = zero_shot.scene_tags(images) if zero_shot is not None else None
-    framings = zero_shot.shot_types(images) if zero_shot is not None else None
+    scenes = framings = None
+    if zero_shot is not None:
+        frames = [r["frame"] for r, _ in kept]
+        vectors = (np.stack([frame_vectors[f] for f in frames]).astype(np.float32)
+                   if frame_vectors and all(f in frame_vectors for f in frames) else zero_shot.image_vectors(images))
+        scenes, framings = zero_shot.scene_tags(vectors), zero_shot.shot_types(vectors)
     rows = []
     for i, (r, rgb) in enumerate(kept):
         frame = r["frame"]
