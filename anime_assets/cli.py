@@ -129,6 +129,12 @@ def _layers_run(instance, episode: str) -> bool:
     return _range_run(instance, episode, LAYER_ASSETS)
 
 
+def _registry_run(instance, episode: str) -> bool:
+    from anime_assets.defs.characters import character_registry
+
+    return _materialize([character_registry.key], instance, partition_key=episode)
+
+
 def _clusters_run(instance, episode: str) -> bool:
     from anime_assets.defs.clusters import episode_clusters, season_clusters
 
@@ -190,7 +196,7 @@ def cmd_ingest(args) -> int:
             _say(f"{episode}: registered ({src.name})")
             ok = (_materialize(EPISODE_ASSETS, instance, partition_key=episode)
                   and _shots_run(instance, episode) and _clusters_run(instance, episode)
-                  and _layers_run(instance, episode))
+                  and _layers_run(instance, episode) and _registry_run(instance, episode))
             bar.close()
             if ok:
                 _say(f"{episode}: done")
@@ -215,7 +221,7 @@ def cmd_backfill(args) -> int:
                 if episode not in known:
                     raise ValueError(f"episode {episode} is not registered (known: {', '.join(sorted(known)) or 'none'})")
                 ok = (_shots_run(instance, episode) and _clusters_run(instance, episode)
-                      and _layers_run(instance, episode))
+                      and _layers_run(instance, episode) and _registry_run(instance, episode))
             except (ValueError, FileNotFoundError) as e:
                 _say(f"error: {e}")
                 ok = False
@@ -302,6 +308,37 @@ def cmd_models(args) -> int:
         return 2
 
 
+def cmd_characters(args) -> int:
+    """The character registry: list, name, merge, split (the same edits as the UI's edit_characters job)."""
+    from anime_assets.defs.resources import StorageResource
+    from anime_assets.stages import characters as chs
+    from anime_assets.storage.media import MediaStore
+
+    storage = StorageResource()
+    reg = chs.registry(storage.tables().db_uri)
+    try:
+        if args.action == "list":
+            for r in chs.listing(reg):
+                sample = MediaStore.path_from_uri(r["sample"]) if r["sample"] else "-"
+                print(f"{r['id']}\t{r['name'] or '(unnamed)'}\tinstances={r['instances']}\t"
+                      f"episodes={','.join(r['episodes'])}\toutfits={','.join(r['outfits'])}\t{sample}")
+            return 0
+        if len(args.args) != 2:
+            _say(f"error: characters {args.action} takes two arguments (see --help)")
+            return 2
+        a, b = args.args
+        if args.action == "name":
+            print(f"{chs.name_character(reg, a, b)}\t{b}")
+        elif args.action == "merge":
+            print(f"{a} -> {chs.merge_characters(reg, storage.media(), a, b)}")
+        else:
+            print(f"{b} -> {chs.split_outfit(reg, storage.media(), a, b)}")
+        return 0
+    except chs.RegistryEditError as e:
+        _say(f"error: {e}")
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -325,6 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("action", choices=["list", "verify", "pull"])
     p.add_argument("names", nargs="*", help="registry names (default: all)")
     p.set_defaults(func=cmd_models)
+    p = sub.add_parser("characters", help="the character registry: list | name ID NAME | merge ID TARGET | "
+                                          "split ID OUTFIT (ids or names)")
+    p.add_argument("action", choices=["list", "name", "merge", "split"])
+    p.add_argument("args", nargs="*")
+    p.set_defaults(func=cmd_characters)
     args = parser.parse_args(argv)
     if args.command == "models":
         return args.func(args)

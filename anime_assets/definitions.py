@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from anime_assets.defs import annotations, clusters, episodes, layers, sensors, shots
+from anime_assets.defs import annotations, characters, clusters, episodes, layers, sensors, shots
 from anime_assets.defs.resources import (
     AnnotationModelsResource, EmbedderResource, LayerModelsResource, ShotDetectorResource, StorageResource,
 )
@@ -19,7 +19,7 @@ from anime_assets.models import selection
 BASE_ASSETS = [
     episodes.source_video, episodes.frame_index, episodes.shot_boundaries,
     shots.clean_frames, shots.frame_embeddings, annotations.frame_faces, layers.shot_layers,
-    annotations.frame_pose, annotations.frame_captions,
+    annotations.frame_pose, annotations.frame_captions, characters.character_registry,
     clusters.episode_clusters, clusters.season_clusters,
 ]
 
@@ -81,7 +81,7 @@ def resources() -> dict:
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,
-    jobs=[episode_job],
+    jobs=[episode_job, characters.edit_characters],
     sensors=[sensors.episode_inbox, sensors.episode_pipeline],
     resources=resources(),
     executor=dg.in_process_executor,  # 2 cores: steps run one after another; models stay loaded per run

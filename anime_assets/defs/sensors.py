@@ -16,6 +16,7 @@ import dagster as dg
 
 from anime_assets import settings
 from anime_assets.defs.annotations import frame_captions, frame_faces, frame_pose
+from anime_assets.defs.characters import character_registry
 from anime_assets.defs.clusters import episode_clusters, season_clusters
 from anime_assets.defs.episodes import frame_index, shot_boundaries, source_video
 from anime_assets.defs.partitions import EPISODES, shot_range_tags
@@ -128,19 +129,30 @@ def next_stage_requests(instance: dg.DagsterInstance, after_storage_id: int) -> 
                                           asset_selection=[episode_clusters.key]))
             requests.append(dg.RunRequest(run_key=f"layers-{episode}-{last}", asset_selection=LAYER_ASSETS,
                                           tags=shot_range_tags(episode, n)))
+    # Once every shot's captions (the last asset of the layers run) are newer than the shot
+    # boundaries, the episode's characters are matched to the registry.
+    new_caps, c4 = _fetch_new(instance, frame_captions.key, after_storage_id, 10000)
+    for episode in sorted({rec.partition_key.split("|")[0] for rec in new_caps}):
+        bounds = _latest(instance, shot_boundaries.key, episode)
+        n = shots_of(bounds) if bounds is not None else 0
+        done = [_latest(instance, frame_captions.key, f"{episode}|{shot_key(i)}") for i in range(n)]
+        if n and all(r is not None and r.storage_id > bounds.storage_id for r in done):
+            last = max(r.storage_id for r in done)
+            requests.append(dg.RunRequest(run_key=f"characters-{episode}-{last}", partition_key=episode,
+                                          asset_selection=[character_registry.key]))
     new_clusters, c3 = _fetch_new(instance, episode_clusters.key, after_storage_id, 1000)
     if new_clusters:
         last = max(r.storage_id for r in new_clusters)
         requests.append(dg.RunRequest(run_key=f"season-{last}", asset_selection=[season_clusters.key]))
-    return requests, max(c1, c2, c3)
+    return requests, max(c1, c2, c3, c4)
 
 
 @dg.sensor(
     minimum_interval_seconds=15,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    asset_selection=[*SHOT_ASSETS, *LAYER_ASSETS, episode_clusters.key, season_clusters.key],
+    asset_selection=[*SHOT_ASSETS, *LAYER_ASSETS, character_registry.key, episode_clusters.key, season_clusters.key],
     description="Launches each episode's next stage: its real shots in one run, then its clusters and (a run of "
-                "their own) its layers, then the season's clusters.",
+                "their own) its layers, pose and captions, then its characters and the season's clusters.",
 )
 def episode_pipeline(context: dg.SensorEvaluationContext):
     after = json.loads(context.cursor)["after"] if context.cursor else 0

@@ -315,3 +315,82 @@ def captions_schema() -> pa.Schema:
         ],
         metadata={b"captions_schema_version": b"1"},
     )
+
+
+# ------------------------------------------------------------------- character registry
+# The registry is the trainer's vocabulary of characters, kept across episodes: `outfits` are
+# appearance clusters (the unit the pipeline matches), `characters` group outfits (the unit a
+# person names, merges and splits), `character_instances` says which outfit and character each
+# character instance of each kept frame is. Names, merges and splits live only in `characters`
+# and `outfits` rows, which re-clustering never rewrites, so they survive it.
+CHARACTERS_TABLE = "characters"
+OUTFITS_TABLE = "outfits"
+CHARACTER_INSTANCES_TABLE = "character_instances"
+CHARACTER_ID = "character_id"  # "c0001", stable for ever
+OUTFIT_ID = "outfit_id"  # "o0001"
+NAME = "name"  # given by a person; null until then
+MERGED_INTO = "merged_into"  # a merged character points at the one it now is
+IDENTITY = "identity"  # head colour descriptor (mean over the instances)
+LOOK = "look"  # whole-instance colour descriptor (mean over the instances)
+FACE_VECTOR = "face"  # this instance's head descriptor, or null without a face
+N_INSTANCES = "n_instances"
+EPISODES = "episodes"
+SAMPLE_URI = "sample_uri"  # a crop of one of its instances, for people to recognise it
+DESCRIPTOR = "descriptor"  # which descriptor the vectors are ("hsv-18x3x3-v1")
+
+
+def _vec(dim: int) -> pa.DataType:
+    return pa.list_(pa.float32(), dim)
+
+
+# Head descriptors may be missing (no face seen): a variable list, because LanceDB refuses nulls
+# in fixed-size vector columns.
+_MAYBE_VEC = pa.list_(pa.float32())
+
+
+def characters_schema(dim: int) -> pa.Schema:
+    return pa.schema([
+        pa.field(CHARACTER_ID, pa.string(), nullable=False),
+        pa.field(NAME, pa.string()),
+        pa.field(MERGED_INTO, pa.string()),
+        pa.field(IDENTITY, _MAYBE_VEC),
+        pa.field(N_INSTANCES, pa.int64()),
+        pa.field(EPISODES, pa.list_(pa.string())),
+        pa.field(SAMPLE_URI, pa.string()),
+        pa.field(DESCRIPTOR, pa.string()),
+        pa.field(UPDATED_AT, pa.timestamp("us", tz="UTC")),
+    ], metadata={b"characters_schema_version": b"1"})
+
+
+def outfits_schema(dim: int) -> pa.Schema:
+    return pa.schema([
+        pa.field(OUTFIT_ID, pa.string(), nullable=False),
+        pa.field(CHARACTER_ID, pa.string(), nullable=False),
+        pa.field(LOOK, _vec(dim)),
+        pa.field(IDENTITY, _MAYBE_VEC),
+        pa.field(N_INSTANCES, pa.int64()),
+        pa.field(EPISODES, pa.list_(pa.string())),
+        pa.field(SAMPLE_URI, pa.string()),
+        pa.field(DESCRIPTOR, pa.string()),
+        pa.field(UPDATED_AT, pa.timestamp("us", tz="UTC")),
+    ], metadata={b"outfits_schema_version": b"1"})
+
+
+def character_instances_schema(dim: int) -> pa.Schema:
+    return pa.schema([
+        pa.field(ID, pa.string(), nullable=False),  # "<frame id>/i<instance>", as in `pose`
+        pa.field(EPISODE, pa.string(), nullable=False),
+        pa.field(SHOT, pa.string(), nullable=False),
+        pa.field(FRAME_INDEX, pa.int32(), nullable=False),
+        pa.field(FRAME_ID, pa.string(), nullable=False),
+        pa.field(INSTANCE_ID, pa.int32(), nullable=False),
+        pa.field(BOX, pa.list_(pa.int32(), 4)),
+        pa.field("area", pa.float32()),
+        pa.field(CHARACTER_ID, pa.string(), nullable=False),
+        pa.field(OUTFIT_ID, pa.string(), nullable=False),
+        pa.field(LOOK, _vec(dim)),
+        pa.field(FACE_VECTOR, _MAYBE_VEC),
+        pa.field(DESCRIPTOR, pa.string()),
+        pa.field(PIPELINE_VERSION, pa.string()),
+        pa.field(UPDATED_AT, pa.timestamp("us", tz="UTC")),
+    ], metadata={b"character_instances_schema_version": b"1"})
