@@ -321,7 +321,8 @@ def cmd_characters(args) -> int:
             for r in chs.listing(reg):
                 sample = MediaStore.path_from_uri(r["sample"]) if r["sample"] else "-"
                 print(f"{r['id']}\t{r['name'] or '(unnamed)'}\tinstances={r['instances']}\t"
-                      f"episodes={','.join(r['episodes'])}\toutfits={','.join(r['outfits'])}\t{sample}")
+                      f"episodes={','.join(r['episodes'])}\toutfits={','.join(r['outfits'])}\t{sample}\t"
+                      f"{'face seen' if r['face_seen'] else 'candidate: no face seen'}")
             return 0
         if len(args.args) != 2:
             _say(f"error: characters {args.action} takes two arguments (see --help)")
@@ -337,6 +338,35 @@ def cmd_characters(args) -> int:
     except chs.RegistryEditError as e:
         _say(f"error: {e}")
         return 2
+
+
+def cmd_export(args) -> int:
+    """Query the dataset and write it in a trainer's layout (kohya-ss sd-scripts or musubi-tuner)."""
+    from anime_assets.export import ExportError, export_kohya
+    from anime_assets.query import QueryError, open_dataset
+
+    try:
+        ds = open_dataset(args.data)
+        samples = ds.query(character=args.character, outfit=args.outfit, expression=args.expression,
+                           pose=args.pose or None, episode=args.episode or None, effects=args.effects,
+                           min_quality=args.min_quality, exclude_repeats=args.exclude_repeats, text=args.text,
+                           level="frame" if args.crop == "frame" else "instance", balance=args.balance,
+                           limit=args.limit)
+        if not samples:
+            _say("error: no samples match the query")
+            return 1
+        repeats = args.repeats if args.repeats == "auto" else int(args.repeats)
+        report = export_kohya(samples, Path(args.out), name=args.name, repeats=repeats, crop=args.crop,
+                              trigger=args.trigger, layout=args.layout, overwrite=args.overwrite,
+                              manifest_extra={"table_versions": ds.versions, "db_uri": ds.db_uri,
+                                              "query": {k: v for k, v in vars(args).items() if k != "func"}})
+    except (QueryError, ExportError, ValueError) as e:
+        _say(f"error: {e}")
+        return 2
+    for group, (count, reps) in report.groups.items():
+        print(f"{reps}_{group}\t{count} images")
+    print(f"{report.n_images} images, {report.n_masks} masks -> {report.out_dir}; config {report.config_path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -367,8 +397,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("action", choices=["list", "name", "merge", "split"])
     p.add_argument("args", nargs="*")
     p.set_defaults(func=cmd_characters)
+    p = sub.add_parser("export", help="write a trainer dataset: export kohya OUT --character NAME ...")
+    p.add_argument("format", choices=["kohya"])
+    p.add_argument("out", help="output folder (written whole, atomically)")
+    p.add_argument("--data", help="data root or LanceDB URI (default: $ANIME_ASSETS_DATA or ./data)")
+    p.add_argument("--character", help="registry id or name")
+    p.add_argument("--outfit")
+    p.add_argument("--expression", help="neutral, happy, laughing, sad, crying, angry, surprised, embarrassed, scared")
+    p.add_argument("--pose", action="append", help="pose tag every sample must have (repeatable): 'full body', ...")
+    p.add_argument("--episode", action="append")
+    fx = p.add_mutually_exclusive_group()
+    fx.add_argument("--effects", dest="effects", action="store_true", default=None, help="only frames with effects")
+    fx.add_argument("--no-effects", dest="effects", action="store_false", help="only frames without effects")
+    p.add_argument("--min-quality", type=float)
+    p.add_argument("--exclude-repeats", action="store_true", help="leave out openings, endings and other repeats")
+    p.add_argument("--text", help="rank by CLIP similarity to this text (needs CLIP vectors)")
+    p.add_argument("--balance", choices=["episode", "shot"])
+    p.add_argument("--limit", type=int)
+    p.add_argument("--crop", choices=["instance", "frame"], default="instance")
+    p.add_argument("--layout", choices=["sd-scripts", "musubi"], default="sd-scripts")
+    p.add_argument("--repeats", default="auto", help="auto (balance the groups) or a number")
+    p.add_argument("--trigger", help="trigger word put first in every caption")
+    p.add_argument("--name", help="folder name when samples have no character")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
+    p.set_defaults(func=cmd_export)
     args = parser.parse_args(argv)
-    if args.command == "models":
+    if args.command in ("models", "export"):
         return args.func(args)
     _dagster_home()
     return args.func(args)

@@ -52,6 +52,12 @@ def ingested(env):
     return dg.DagsterInstance.get()
 
 
+def characters_registry():
+    from anime_assets.stages.characters import registry
+
+    return registry(StorageResource().tables().db_uri)
+
+
 def _kept_frames(storage: StorageResource, episode: str, n_shots: int) -> int:
     total = 0
     for i in range(n_shots):
@@ -232,6 +238,34 @@ def test_ingest_fills_the_three_layers_of_every_kept_frame(ingested):
     assert "data:image/png;base64," in meta["layers_preview"].value
 
 
+def _characters(capsys) -> list[list[str]]:
+    capsys.readouterr()
+    assert cli.main(["characters", "list"]) == 0
+    return [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+
+
+def test_registry_finds_one_character_in_two_outfits_and_takes_a_name(ingested, capsys):
+    """The sample shows one character (Sylvie) in two outfits: one registry id, two outfits, and
+    every instance of the episode assigned."""
+    rows = _characters(capsys)
+    assert len(rows) == 1 and rows[0][6] == "face seen", rows
+    cid, name, instances, episodes, outfits = rows[0][:5]
+    assert name == "(unnamed)" and episodes == "episodes=ep01" and outfits.count(",") == 1
+    registry = characters_registry()
+    inst = registry.read_instances("ep01")
+    assert len(inst) == int(instances.split("=")[1]) and {r["character_id"] for r in inst} == {cid}
+    truth = clips.GroundTruth.load(SAMPLE.with_suffix(".truth.json"))
+    by_outfit = {}
+    for r in inst:  # each registry outfit is one fixture outfit
+        cx = (r["box"][0] + r["box"][2]) / 2
+        t = [c["outfit"] for c in truth.frames[r["frame_index"]]["characters"] if c["bbox"][0] <= cx <= c["bbox"][2]]
+        by_outfit.setdefault(r["outfit_id"], set()).update(t)
+    assert sorted(map(len, by_outfit.values())) == [1, 1], by_outfit
+    assert cli.main(["characters", "name", cid, "Sylvie"]) == 0
+    assert _characters(capsys)[0][:2] == [cid, "Sylvie"]
+    assert cli.main(["characters", "name", "c9999", "X"]) == 2  # unknown ids are refused with a reason
+
+
 def test_rerun_replaces_rows_exactly(ingested):
     storage = StorageResource()
     tables = storage.tables()
@@ -290,6 +324,24 @@ def test_second_episode_touches_nothing_of_the_first(ingested):
         new = [r for r in recs][: len(recs) - counts[asset.key]]
         assert all(not r.partition_key.startswith("ep01") for r in new)
     assert ep01_ids.read_partition("ep01", columns=["id", "updated_at"]).to_pylist() == before
+
+
+def test_same_character_same_id_in_the_second_episode_and_the_name_survives_reclustering(ingested, capsys):
+    """After episode 2 (the cuts clip, same character, both outfits) and a re-run of episode 1
+    (the rerun test's backfill re-clustered it after the name was given)."""
+    everything = _characters(capsys)
+    rows = [r for r in everything if r[6] == "face seen"]
+    assert len(rows) == 1, everything
+    assert rows[0][1] == "Sylvie" and rows[0][3] == "episodes=ep01,ep02"
+    # Anything else is a faceless candidate of one or two instances: on the cuts clip, a piece of
+    # the lecture hall the layers took for a character in a shot with nobody in it.
+    assert all(int(r[2].split("=")[1]) <= 2 for r in everything if r[6] != "face seen")
+    cid = rows[0][0]
+    registry = characters_registry()
+    candidates = {r[0] for r in everything if r[6] != "face seen"}
+    assert {r["character_id"] for r in registry.read_instances("ep02")} - candidates == {cid}
+    assert cli.main(["backfill", "ep02", "--quiet"]) == 0  # re-clustering episode 2 changes nothing
+    assert _characters(capsys) == everything
 
 
 def test_sensors_register_new_files_and_request_only_real_shots(ingested):

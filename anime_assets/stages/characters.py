@@ -302,6 +302,8 @@ def listing(reg: RegistryStore) -> list[dict]:
         if c[fs.MERGED_INTO]:
             continue
         mine = sorted(o[fs.OUTFIT_ID] for o in outfits.values() if resolve(o[fs.CHARACTER_ID], characters) == cid)
+        # A character never seen with a face is a candidate: often a piece of scenery the layers
+        # took for a character (a person decides with `merge` or ignores it).
         out.append({"id": cid, "name": c[fs.NAME], "instances": c[fs.N_INSTANCES], "episodes": c[fs.EPISODES],
-                    "outfits": mine, "sample": c[fs.SAMPLE_URI]})
+                    "outfits": mine, "sample": c[fs.SAMPLE_URI], "face_seen": c[fs.IDENTITY] is not None})
     return sorted(out, key=lambda r: (-r["instances"], r["id"]))
