@@ -344,6 +344,47 @@ def test_same_character_same_id_in_the_second_episode_and_the_name_survives_recl
     assert _characters(capsys) == everything
 
 
+def test_query_filters_balances_pins_versions_and_exports_a_character_for_kohya(ingested, tmp_path):
+    import tomllib
+
+    from anime_assets.query import open_dataset
+
+    ds = open_dataset()
+    sylvie = ds.query(character="Sylvie")
+    assert sylvie and all(s.character_name == "Sylvie" and s.instance_id and s.box for s in sylvie)
+    assert {s.episode for s in sylvie} == {"ep01", "ep02"}
+    assert ds.query(character=sylvie[0].character_id) == sylvie  # by id or by name
+    balanced = ds.query(character="Sylvie", balance="episode", limit=10)
+    assert sorted(s.episode for s in balanced) == ["ep01"] * 5 + ["ep02"] * 5  # ep01 alone has most of them
+    upper = ds.query(character="Sylvie", pose="upper body")
+    assert upper and all("upper body" in s.pose_tags for s in upper) and len(upper) < len(sylvie)
+    assert ds.query(episode="ep02", level="frame") and all(s.instance_id is None for s in ds.query(level="frame"))
+
+    # Pinned versions: a later write does not change what a pinned dataset reads.
+    captions = captions_table(ds.db_uri)
+    saved = captions.read_partition("ep02", "s0000").to_pylist()
+    before = open_dataset(versions=ds.versions).query(episode="ep02", shot="s0000", level="frame")
+    captions.replace_partition("ep02", "s0000", [])
+    try:
+        assert open_dataset(versions=ds.versions).query(episode="ep02", shot="s0000", level="frame") == before
+        assert all(s.caption == "" for s in open_dataset().query(episode="ep02", shot="s0000", level="frame"))
+    finally:
+        captions.replace_partition("ep02", "s0000", saved)
+
+    out = tmp_path / "kohya"
+    assert cli.main(["export", "kohya", str(out), "--character", "Sylvie", "--trigger", "sylvie_tq"]) == 0
+    config = tomllib.loads((out / "dataset_config.toml").read_text())
+    subsets = [sub for d in config["datasets"] for sub in d["subsets"]]
+    assert len(subsets) == 1 and Path(subsets[0]["image_dir"]).name.endswith("_Sylvie")
+    images = sorted(Path(subsets[0]["image_dir"]).glob("*.png"))
+    assert len(images) == len(sylvie)
+    for image in images[:: max(1, len(images) // 6)]:
+        assert image.with_suffix(".txt").read_text().startswith("sylvie_tq, Sylvie")
+        mask = cv2.imread(str(Path(subsets[0]["conditioning_data_dir"]) / image.name), cv2.IMREAD_UNCHANGED)
+        picture = cv2.imread(str(image), cv2.IMREAD_UNCHANGED)
+        assert mask.shape[:2] == picture.shape[:2] and 0.05 < (mask > 127).mean() < 0.95
+
+
 def test_sensors_register_new_files_and_request_only_real_shots(ingested):
     instance = ingested
     storage = StorageResource()
