@@ -136,10 +136,10 @@ def _registry_run(instance, episode: str) -> bool:
 
 
 def _clusters_run(instance, episode: str) -> bool:
-    from anime_assets.defs.clusters import episode_clusters, season_clusters
+    from anime_assets.defs.clusters import episode_clusters, season_clusters, shot_repeats
 
     return (_materialize([episode_clusters.key], instance, partition_key=episode)
-            and _materialize([season_clusters.key], instance))
+            and _materialize([season_clusters.key, shot_repeats.key], instance))
 
 
 def _place_in_inbox(src: Path, episode: str) -> Path:

@@ -20,7 +20,7 @@ BASE_ASSETS = [
     episodes.source_video, episodes.frame_index, episodes.shot_boundaries,
     shots.clean_frames, shots.frame_embeddings, annotations.frame_faces, layers.shot_layers,
     annotations.frame_pose, annotations.frame_captions, characters.character_registry,
-    clusters.episode_clusters, clusters.season_clusters,
+    clusters.episode_clusters, clusters.season_clusters, clusters.shot_repeats,
 ]
 
 

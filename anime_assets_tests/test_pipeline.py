@@ -403,6 +403,30 @@ def test_sensors_register_new_files_and_request_only_real_shots(ingested):
     assert requests == [] and cursor > 0
 
 
+
+def test_an_episode_seen_twice_is_flagged_as_a_repeat_and_left_out_on_request(ingested, tmp_path):
+    """ep03 is the sample again (as a recap or a rerun would be): all its shots repeat ep01's."""
+    from anime_assets.query import open_dataset
+
+    copy = tmp_path / "ep03.mp4"
+    shutil.copyfile(SAMPLE, copy)
+    assert cli.main(["ingest", str(copy), "--episode", "ep03", "--quiet"]) == 0
+    rows = open_dataset().rows("shot_repeats")
+    n = len(json.loads((StorageResource().media().partition_dir("shot_boundaries", "ep01") / "shots.json")
+                       .read_text())["shots"])
+    flagged = {(r["episode"], r["shot"]) for r in rows}
+    # Every shot of the 33 s episode except those outside a chain of matching cuts (a shot made of
+    # a dissolve has no clean cut to line up), in one group spanning both episodes.
+    assert {e for e, _ in flagged} == {"ep01", "ep03"} and len({r["group"] for r in rows}) == 1
+    assert {s for e, s in flagged if e == "ep01"} == {s for e, s in flagged if e == "ep03"}
+    assert len(flagged) >= n and not any(e == "ep02" for e, _ in flagged)
+    ds = open_dataset()
+    kept = ds.query(level="frame", exclude_repeats=True)
+    assert not any((s.episode, s.shot) in flagged for s in kept)
+    assert {s.episode for s in kept} == {s.episode for s in ds.query(level="frame")} - {"ep01", "ep03"}
+    assert {s.repeat_kind for s in ds.query(level="frame", episode="ep03") if (s.episode, s.shot) in flagged} \
+        == {rows[0]["kind"]}
+
 def test_a_pulled_tagger_labels_the_fixture_expressions_through_the_assets(ingested, tmp_path, monkeypatch):
     """End to end with a tagger in the Hugging Face cache (the offline stand-in of test_tagger: a
     mouth-template classifier built from the fixture art, real WD signature and tag list): the

@@ -10,6 +10,7 @@ from anime_assets.stages import clusters as cl
 from anime_assets.vision.contact import markdown_image
 
 GROUP = "clusters"
+MIN_REPEAT_SECONDS = 20.0  # an opening or ending lasts far longer; shorter repeats are stock shots
 
 
 def _metadata(out: dict, tables) -> dict:
@@ -49,3 +50,32 @@ def season_clusters(context: dg.AssetExecutionContext, storage: StorageResource)
     out = cl.cluster_all(tables)
     tables.optimize()  # compaction: every partition replace leaves small fragments behind
     return dg.MaterializeResult(metadata=_metadata(out, tables))
+
+
+@dg.asset(
+    deps=[episode_clusters],
+    group_name=GROUP,
+    code_version="1",
+    kinds={"lancedb"},
+    description="Openings, endings and other shot sequences repeated across episodes (same shots, same cuts), "
+                "from the frames' vectors; LanceDB `shot_repeats` flags their shots so trainers can leave "
+                "them out or keep one copy.",
+)
+def shot_repeats(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
+    import lancedb
+
+    from anime_assets.defs.partitions import EPISODES
+    from anime_assets.stages import repeats as rp
+
+    tables = storage.frames_for_reading()
+    episodes = sorted(e for e in context.instance.get_dynamic_partitions(EPISODES)
+                      if tables.count(e) > 0)
+    groups, rows = rp.find_and_write(storage.media(), tables, lancedb.connect(tables.db_uri), episodes,
+                                     MIN_REPEAT_SECONDS)
+    table = "| group | kind | seconds | episodes | shots |\n|---|---|---|---|---|\n" + "".join(
+        f"| {g.group} | {g.kind} | {g.seconds:.1f} | {len(g.members)} | "
+        f"{'; '.join(f'{e}: {s[0]}-{s[-1]}' for e, s in g.members[:6])} |\n" for g in groups)
+    return dg.MaterializeResult(metadata={
+        "episodes": len(episodes), "groups": len(groups), "flagged_shots": len(rows),
+        "openings": sum(g.kind == "opening" for g in groups), "endings": sum(g.kind == "ending" for g in groups),
+        "repeats": dg.MetadataValue.md(table if groups else "no repeated sequences"), "dagster/uri": tables.db_uri})

@@ -17,7 +17,7 @@ import dagster as dg
 from anime_assets import settings
 from anime_assets.defs.annotations import frame_captions, frame_faces, frame_pose
 from anime_assets.defs.characters import character_registry
-from anime_assets.defs.clusters import episode_clusters, season_clusters
+from anime_assets.defs.clusters import episode_clusters, season_clusters, shot_repeats
 from anime_assets.defs.episodes import frame_index, shot_boundaries, source_video
 from anime_assets.defs.partitions import EPISODES, shot_range_tags
 from anime_assets.defs.resources import StorageResource
@@ -143,14 +143,16 @@ def next_stage_requests(instance: dg.DagsterInstance, after_storage_id: int) -> 
     new_clusters, c3 = _fetch_new(instance, episode_clusters.key, after_storage_id, 1000)
     if new_clusters:
         last = max(r.storage_id for r in new_clusters)
-        requests.append(dg.RunRequest(run_key=f"season-{last}", asset_selection=[season_clusters.key]))
+        requests.append(dg.RunRequest(run_key=f"season-{last}", asset_selection=[season_clusters.key,
+                                                                                 shot_repeats.key]))
     return requests, max(c1, c2, c3, c4)
 
 
 @dg.sensor(
     minimum_interval_seconds=15,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    asset_selection=[*SHOT_ASSETS, *LAYER_ASSETS, character_registry.key, episode_clusters.key, season_clusters.key],
+    asset_selection=[*SHOT_ASSETS, *LAYER_ASSETS, character_registry.key, episode_clusters.key, season_clusters.key,
+                     shot_repeats.key],
     description="Launches each episode's next stage: its real shots in one run, then its clusters and (a run of "
                 "their own) its layers, pose and captions, then its characters and the season's clusters.",
 )
