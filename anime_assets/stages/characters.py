@@ -201,7 +201,7 @@ def _sample(store: MediaStore, key: str, members: list[dict], layers: dict[str, 
     """A crop of the member with the largest area whose character layer is at hand (RGBA PNG)."""
     if not layers:
         return None
-    known = [m for m in members if m[fs.ID] in layers]
+    known = [m for m in members if layers.get(m[fs.ID])]
     if not known:
         return None
     best = max(known, key=lambda m: (m["area"], m[fs.ID]))
