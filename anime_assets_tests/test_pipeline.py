@@ -522,3 +522,13 @@ def test_clip_zero_shot_labels_faces_and_tags_scenes_through_the_assets(ingested
     caps = captions_table(uri).read_partition("ep01").to_pylist()
     assert sum(any(t["source"] == "clip" for t in c["tags"]) for c in caps) == len(caps)
     assert all("no scene tags" not in c["caption_sources"] for c in caps)
+
+    # Text search through the CLIP text tower, ranked by the frames' stored vectors.
+    from anime_assets.models.clip import load_clip
+    from anime_assets.query import open_dataset
+
+    ds = open_dataset()
+    ranked = ds.query(text="a girl in a meadow", level="frame")
+    ids, vectors = storage.frames_for_reading().read_vectors("ep01")
+    text = load_clip(name).embed_texts(["a girl in a meadow"])[0]
+    assert [s.id for s in ranked[:3]] == [ids[i] for i in np.argsort(-(vectors @ text))[:3]]
