@@ -54,7 +54,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from anime_assets.models.clip import ModelUnavailable, as_rgb_uint8, resize
-from anime_assets.models.segment import file_sha12, hub_file, one_line, onnx_session
+from anime_assets.models.segment import best_or_fallback, file_sha12, hub_file, onnx_session
 
 ANIME_FACE_YOLO = "anime-face-yolo"
 ANIMEFACE = "animeface"
@@ -308,13 +308,5 @@ def load_face_detector(
         return load_animeface()
     if key == ANIME_FACE_YOLO or path is not None:
         return load_yolo_face(path, allow_download=allow_download)
-    try:
-        return load_yolo_face(None, allow_download=allow_download)
-    except ModelUnavailable as exc:
-        first = one_line(exc.reason)
-    try:
-        detector = load_animeface()
-    except ModelUnavailable as exc:
-        raise ModelUnavailable(f"no face detector: {ANIME_FACE_YOLO}: {first}; {ANIMEFACE}: {exc.reason}") from exc
-    detector.fallback_reason = f"{ANIME_FACE_YOLO} unavailable ({first})"
-    return detector
+    return best_or_fallback("face detector", ANIME_FACE_YOLO, lambda: load_yolo_face(None, allow_download=allow_download),
+                            ANIMEFACE, load_animeface)

@@ -44,7 +44,7 @@ import numpy as np
 
 from anime_assets.models import registry
 from anime_assets.models.clip import ModelUnavailable, as_rgb_uint8, usable_cores
-from anime_assets.models.segment import _file_key, file_sha12, hub_file, one_line, onnx_session
+from anime_assets.models.segment import _file_key, best_or_fallback, file_sha12, hub_file, one_line, onnx_session
 from anime_assets.vision.pose import (
     BLAZEPOSE33,
     COCO17,
@@ -328,13 +328,5 @@ def load_pose_estimator(
         return load_mediapipe_pose(path)
     if path is not None:
         return load_dwpose(path, allow_download=allow_download)
-    try:
-        return load_dwpose(None, allow_download=allow_download)
-    except ModelUnavailable as exc:
-        first = exc.reason
-    try:
-        estimator = load_mediapipe_pose()
-    except ModelUnavailable as exc:
-        raise ModelUnavailable(f"no pose model: {DWPOSE}: {first}; {MEDIAPIPE_POSE}: {exc.reason}") from exc
-    estimator.fallback_reason = f"{DWPOSE} unavailable ({first})"
-    return estimator
+    return best_or_fallback("pose model", DWPOSE, lambda: load_dwpose(None, allow_download=allow_download),
+                            MEDIAPIPE_POSE, load_mediapipe_pose)

@@ -97,6 +97,21 @@ def hub_file(repo_id: str, filename: str, *, allow_download: bool) -> Path:
         raise ModelUnavailable(f"could not download {what}: {type(exc).__name__}: {one_line(exc)}") from exc
 
 
+def best_or_fallback(what: str, best: str, load_best, fallback: str, load_fallback):
+    """`load_best()`, else `load_fallback()` with its ``fallback_reason`` saying why the best one
+    could not be had; ModelUnavailable naming both reasons when neither loads."""
+    try:
+        return load_best()
+    except ModelUnavailable as exc:
+        first = one_line(exc.reason)
+    try:
+        model = load_fallback()
+    except ModelUnavailable as exc:
+        raise ModelUnavailable(f"no {what}: {best}: {first}; {fallback}: {exc.reason}") from exc
+    model.fallback_reason = f"{best} unavailable ({first})"
+    return model
+
+
 def _file_key(path: Path) -> tuple[str, int, int]:
     st = path.stat()
     return str(path.resolve()), st.st_size, st.st_mtime_ns
@@ -313,13 +328,5 @@ def load_segmenter(name: str = "auto", *, allow_download: bool = True, path: str
         return load_mediapipe_selfie(path)
     if path is not None:
         return load_anime_seg(path, allow_download=allow_download)
-    try:
-        return load_anime_seg(None, allow_download=allow_download)
-    except ModelUnavailable as exc:
-        first = exc.reason
-    try:
-        segmenter = load_mediapipe_selfie()
-    except ModelUnavailable as exc:
-        raise ModelUnavailable(f"no segmentation model: {ANIME_SEG}: {first}; {MEDIAPIPE_SELFIE}: {exc.reason}") from exc
-    segmenter.fallback_reason = f"{ANIME_SEG} unavailable ({first})"
-    return segmenter
+    return best_or_fallback("segmentation model", ANIME_SEG, lambda: load_anime_seg(None, allow_download=allow_download),
+                            MEDIAPIPE_SELFIE, load_mediapipe_selfie)
