@@ -50,6 +50,7 @@ import lancedb  # noqa: E402
 from anime_assets import settings  # noqa: E402
 from anime_assets.storage import schema as fs  # noqa: E402
 from anime_assets.storage.media import MediaStore  # noqa: E402
+from anime_assets.storage.tables import partition_filter  # noqa: E402
 from anime_assets.vision.identity import face_in_box  # noqa: E402
 
 # Tables a dataset reads, pinned together. `shot_repeats` and the registry tables may not exist
@@ -97,12 +98,18 @@ class Dataset:
         self._cache: dict[str, list[dict]] = {}
 
     # ------------------------------------------------------------------ raw rows
-    def rows(self, name: str, columns: list[str] | None = None) -> list[dict]:
+    def rows(self, name: str, columns: list[str] | None = None, episodes: set[str] | None = None) -> list[dict]:
+        """A pinned table's rows (only `columns`; only `episodes`, filtered inside LanceDB)."""
         if name not in self._tables:
             return []
-        key = name + "|" + ",".join(columns or [])
+        scope = None
+        if episodes and fs.EPISODE in self._tables[name].schema.names:
+            scope = " OR ".join(partition_filter(e) for e in sorted(episodes))  # validated keys only
+        key = f"{name}|{','.join(columns or [])}|{scope}"
         if key not in self._cache:
             q = self._tables[name].search().limit(None)
+            if scope:
+                q = q.where(scope)
             if columns:
                 q = q.select(columns)
             self._cache[key] = q.to_arrow().to_pylist()
@@ -152,18 +159,22 @@ class Dataset:
         episodes = {episode} if isinstance(episode, str) else set(episode or [])
         shots = {shot} if isinstance(shot, str) else set(shot or [])
         need_pose = [pose] if isinstance(pose, str) else list(pose or [])
+        eps = episodes or None  # read only these episodes' rows when given
         frames = {r[fs.ID]: r for r in self.rows(fs.FRAMES_TABLE, [fs.ID, fs.EPISODE, fs.SHOT, fs.FRAME_INDEX,
-                                                                   fs.IMAGE_URI, fs.QUALITY])}
-        layers = {r[fs.ID]: r for r in self.rows(fs.LAYERS_TABLE)}
-        faces = {r[fs.ID]: r for r in self.rows(fs.FACES_TABLE)}
-        captions = {r[fs.ID]: r for r in self.rows(fs.CAPTIONS_TABLE)}
-        poses = {r[fs.ID]: r for r in self.rows(fs.POSE_TABLE)}
+                                                                   fs.IMAGE_URI, fs.QUALITY], eps)}
+        layers = {r[fs.ID]: r for r in self.rows(fs.LAYERS_TABLE, None, eps)}
+        faces = {r[fs.ID]: r for r in self.rows(fs.FACES_TABLE, None, eps)}
+        captions = {r[fs.ID]: r for r in self.rows(fs.CAPTIONS_TABLE, None, eps)}
+        poses = {r[fs.ID]: r for r in self.rows(fs.POSE_TABLE, None, eps)}
+        frame_pose_tags = defaultdict(set)  # level "frame": the tags of any of its characters
+        for p in poses.values():
+            frame_pose_tags[p[fs.FRAME_ID]].update(p[fs.POSE_TAGS] or [])
         names = {c[fs.CHARACTER_ID]: c[fs.NAME] for c in self.rows(fs.CHARACTERS_TABLE)}
         insts = defaultdict(list)
         for r in self.rows(fs.CHARACTER_INSTANCES_TABLE, [fs.ID, fs.FRAME_ID, fs.INSTANCE_ID, fs.BOX,
-                                                          fs.CHARACTER_ID, fs.OUTFIT_ID]):
+                                                          fs.CHARACTER_ID, fs.OUTFIT_ID], eps):
             insts[r[fs.FRAME_ID]].append(r)
-        repeats = {(r[fs.EPISODE], r[fs.SHOT]): r["kind"] for r in self.rows("shot_repeats")}
+        repeats = {(r[fs.EPISODE], r[fs.SHOT]): r["kind"] for r in self.rows("shot_repeats", None, eps)}
         wanted = self._character_ids(character) if character else None
         ranked = self._text_rank(text) if text else None
 
@@ -200,8 +211,7 @@ class Dataset:
                 expr = (fac or {}).get(fs.EXPRESSION)
                 if expression and expr != expression:
                     continue
-                tags_here = {t for p in poses.values() if p[fs.FRAME_ID] == fid for t in p[fs.POSE_TAGS] or []} \
-                    if need_pose else set()
+                tags_here = frame_pose_tags.get(fid, set())
                 if need_pose and not set(need_pose) <= tags_here:
                     continue
                 cids = sorted(chars_here)
