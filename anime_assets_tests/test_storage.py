@@ -389,3 +389,31 @@ def test_layers_table_replaces_a_shot_in_one_commit_and_refuses_other_partitions
         table.replace_partition("ep01", "s0000", rows("s0001", [12]))
     table.replace_partition("ep01", "s0001", [])  # a shot with no kept frames any more
     assert table.count("ep01") == 3
+
+
+def test_vector_index_from_a_size_on(tmp_path):
+    """Below the threshold nothing happens; above it an IVF_SQ cosine index is built once, and
+    a filtered top-k search through it finds the exact nearest rows on clustered vectors."""
+    from anime_assets.storage.tables import FrameTables
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(16, 32)).astype(np.float32)
+    n = 4096
+    vecs = centres[rng.integers(0, 16, n)] + 0.1 * rng.normal(size=(n, 32)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    tables = FrameTables(str(tmp_path / "db"))
+    tables.open_frames("test-model", 32)
+    for e in range(4):
+        rows = [{fs.ID: fs.frame_id(f"ep{e}", "s0000", i), fs.EPISODE: f"ep{e}", fs.SHOT: "s0000",
+                 fs.FRAME_INDEX: i, fs.VECTOR: vecs[e * 1024 + i].tolist(), fs.EMBEDDING_MODEL: "test-model"}
+                for i in range(1024)]
+        tables.replace_partition(f"ep{e}", "s0000", pa.Table.from_pylist(rows))
+    assert tables.ensure_vector_index(min_rows=n + 1) is None
+    assert tables.ensure_vector_index(min_rows=1000).startswith("IVF_SQ index, 64 partitions")
+    assert tables.ensure_vector_index(min_rows=1000) is None  # already there
+    q = vecs[5]
+    hits = (tables.table.search(q, vector_column_name=fs.VECTOR).distance_type("cosine").nprobes(40)
+            .refine_factor(5).where("episode = 'ep0'", prefilter=True).select([fs.ID, "_distance"]).limit(10)
+            .to_arrow().to_pylist())
+    exact = np.argsort(-(vecs[:1024] @ q))[:10]
+    assert {h[fs.ID] for h in hits} == {fs.frame_id("ep0", "s0000", int(i)) for i in exact}
