@@ -54,7 +54,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from anime_assets.models.clip import ModelUnavailable, as_rgb_uint8, resize
-from anime_assets.models.segment import best_or_fallback, file_sha12, hub_file, onnx_session
+from anime_assets.models.segment import best_or_fallback, file_sha12, hub_file, loader_key, onnx_session
 
 ANIME_FACE_YOLO = "anime-face-yolo"
 ANIMEFACE = "animeface"
@@ -299,9 +299,7 @@ def load_face_detector(
     cannot be loaded raises ModelUnavailable instead of falling back. Unknown names raise
     ValueError; so does a `path` with "animeface" (it has no model file).
     """
-    key = _ALIASES.get((name or "auto").strip().lower())
-    if key is None:
-        raise ValueError(f"unknown face detector {name!r}; choose one of {', '.join(NAMES)}")
+    key = loader_key(name, _ALIASES, NAMES, "face detector")
     if key == ANIMEFACE:
         if path is not None:
             raise ValueError(f"{ANIMEFACE} takes no model file (got path={path!s})")

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from anime_assets.models.clip import ModelUnavailable, as_rgb_uint8
-from anime_assets.models.segment import _static_dim, file_sha12, hub_file, onnx_session
+from anime_assets.models.segment import _static_dim, file_sha12, hub_file, loader_key, onnx_session
 
 LAMA = "lama-onnx"
 LAMA_REPO = "Carve/LaMa-ONNX"
@@ -180,11 +180,7 @@ def load_inpainter(name: str = "auto", *, allow_download: bool = True, path: str
     Telea, with ``fallback_reason`` set. An explicit `path` that cannot be loaded is an error.
     "none" raises ModelUnavailable; unknown names raise ValueError.
     """
-    key = _ALIASES.get((name or "auto").strip().lower())
-    if key is None:
-        raise ValueError(f"unknown inpainter {name!r}; choose one of {', '.join(NAMES)}")
-    if key == "none":
-        raise ModelUnavailable("inpainting is turned off (inpainter 'none')")
+    key = loader_key(name, _ALIASES, NAMES, "inpainter", "inpainting is turned off (inpainter 'none')")
     if key == "telea":
         return TeleaInpainter()
     if key == "lama" or path is not None:

@@ -44,7 +44,9 @@ import numpy as np
 
 from anime_assets.models import registry
 from anime_assets.models.clip import ModelUnavailable, as_rgb_uint8, usable_cores
-from anime_assets.models.segment import _file_key, best_or_fallback, file_sha12, hub_file, one_line, onnx_session
+from anime_assets.models.segment import (
+    _file_key, best_or_fallback, file_sha12, hub_file, loader_key, one_line, onnx_session,
+)
 from anime_assets.vision.pose import (
     BLAZEPOSE33,
     COCO17,
@@ -317,11 +319,8 @@ def load_pose_estimator(
     DWPose ONNX, "mediapipe" as the landmark tflite). "none" raises ModelUnavailable (pose turned
     off). Unknown names raise ValueError.
     """
-    key = _ALIASES.get((name or "auto").strip().lower())
-    if key is None:
-        raise ValueError(f"unknown pose estimator {name!r}; choose one of {', '.join(POSE_NAMES)}")
-    if key == "none":
-        raise ModelUnavailable("pose keypoints are turned off (pose estimator 'none')")
+    key = loader_key(name, _ALIASES, POSE_NAMES, "pose estimator",
+                     "pose keypoints are turned off (pose estimator 'none')")
     if key == "dwpose":
         return load_dwpose(path, allow_download=allow_download)
     if key == "mediapipe":

@@ -97,6 +97,17 @@ def hub_file(repo_id: str, filename: str, *, allow_download: bool) -> Path:
         raise ModelUnavailable(f"could not download {what}: {type(exc).__name__}: {one_line(exc)}") from exc
 
 
+def loader_key(name: str | None, aliases: dict[str, str], names, what: str, turned_off: str | None = None) -> str:
+    """The canonical choice for a loader's `name` ("auto" when empty): ValueError for an unknown
+    name; ModelUnavailable(`turned_off`) for "none" when the loader has that choice."""
+    key = aliases.get((name or "auto").strip().lower())
+    if key is None:
+        raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(names)}")
+    if key == "none" and turned_off is not None:
+        raise ModelUnavailable(turned_off)
+    return key
+
+
 def best_or_fallback(what: str, best: str, load_best, fallback: str, load_fallback):
     """`load_best()`, else `load_fallback()` with its ``fallback_reason`` saying why the best one
     could not be had; ModelUnavailable naming both reasons when neither loads."""
@@ -317,11 +328,7 @@ def load_segmenter(name: str = "auto", *, allow_download: bool = True, path: str
     that cannot be loaded is an error, not a reason to fall back. "none" raises ModelUnavailable
     (segmentation turned off). Unknown names raise ValueError.
     """
-    key = _ALIASES.get((name or "auto").strip().lower())
-    if key is None:
-        raise ValueError(f"unknown segmenter {name!r}; choose one of {', '.join(NAMES)}")
-    if key == "none":
-        raise ModelUnavailable("character segmentation is turned off (segmenter 'none')")
+    key = loader_key(name, _ALIASES, NAMES, "segmenter", "character segmentation is turned off (segmenter 'none')")
     if key == "anime-seg":
         return load_anime_seg(path, allow_download=allow_download)
     if key == "mediapipe-selfie":

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from anime_assets.models.clip import ModelUnavailable, as_rgb_uint8
-from anime_assets.models.segment import _static_dim, file_sha12, hub_file, onnx_session
+from anime_assets.models.segment import _static_dim, file_sha12, hub_file, loader_key, onnx_session
 
 WD_VIT = "wd-vit-tagger-v3"
 WD_REPO = "SmilingWolf/wd-vit-tagger-v3"
@@ -203,9 +203,5 @@ def load_tagger(name: str = "auto", *, allow_download: bool = True, path: str | 
     else ModelUnavailable. An explicit `path` that cannot be loaded is an error. "none" raises
     ModelUnavailable (tagging turned off); unknown names raise ValueError.
     """
-    key = _ALIASES.get((name or "auto").strip().lower())
-    if key is None:
-        raise ValueError(f"unknown tagger {name!r}; choose one of {', '.join(TAGGER_NAMES)}")
-    if key == "none":
-        raise ModelUnavailable("tagging is turned off (tagger 'none')")
+    loader_key(name, _ALIASES, TAGGER_NAMES, "tagger", "tagging is turned off (tagger 'none')")  # checks the name
     return load_wd_tagger(path, allow_download=allow_download)
