@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +44,12 @@ class _Progress:
     def __call__(self, stage: str, done: int, total: int) -> None:
         if not self.enabled:
             return
+        try:
+            self._update(stage, done, total)
+        except OSError:  # the terminal is gone (SIGHUP): progress must never fail the step
+            self.enabled, self.bar, self.stage = False, None, None
+
+    def _update(self, stage: str, done: int, total: int) -> None:
         from tqdm import tqdm
 
         if stage != self.stage:
@@ -60,7 +65,10 @@ class _Progress:
 
     def close(self) -> None:
         if self.bar is not None:
-            self.bar.close()
+            try:
+                self.bar.close()
+            except OSError:
+                pass
         self.bar = None
         self.stage = None
 
@@ -80,7 +88,36 @@ def _progress_bars(quiet: bool):
 
 
 def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    try:
+        print(msg, file=sys.stderr, flush=True)
+    except OSError:  # the terminal is gone (SIGHUP): the run log in the instance still has it
+        pass
+
+
+class Interrupted(Exception):
+    """Ctrl-C, SIGTERM or a closed terminal stopped a run; the CLI stops with one line."""
+
+
+def _root_cause(err):
+    """The innermost error of a Dagster error chain (a step error wraps the real OSError, ...)."""
+    while err is not None and (err.cause or err.context):
+        err = err.cause or err.context
+    return err
+
+
+def failure_line(event) -> str:
+    """One line for a failed step: the asset's own message, else the root cause (disk full named)."""
+    data = event.step_failure_data
+    user = data.user_failure_data
+    if user and user.description and user.description.strip():
+        return user.description.strip().splitlines()[-1]
+    root = _root_cause(data.error)
+    if root is None:
+        return "failed"
+    text = " ".join(root.message.split()) or root.cls_name
+    if "[Errno 28]" in text or "No space left on device" in text:
+        return f"disk full: {text}; free some space and run the same command again"
+    return text
 
 
 def _materialize(selection, instance, *, partition_key=None, tags=None) -> bool:
@@ -98,10 +135,10 @@ def _materialize(selection, instance, *, partition_key=None, tags=None) -> bool:
     if not result.success:
         for ev in result.all_events:
             if ev.is_step_failure:
-                err = ev.step_failure_data.error
-                user = ev.step_failure_data.user_failure_data
-                msg = (user.description if user and user.description else None) or (err.message if err else "failed")
-                _say(f"error: {msg.strip().splitlines()[-1] if msg.strip() else 'failed'}")
+                root = _root_cause(ev.step_failure_data.error)
+                if root is not None and root.cls_name in ("DagsterExecutionInterruptedError", "KeyboardInterrupt"):
+                    raise Interrupted(ev.step_key)
+                _say(f"error: {failure_line(ev)}")
     return result.success
 
 
@@ -142,76 +179,80 @@ def _clusters_run(instance, episode: str) -> bool:
             and _materialize([season_clusters.key, shot_repeats.key], instance))
 
 
-def _place_in_inbox(src: Path, episode: str) -> Path:
-    """Link (or copy) the file into the inbox under its episode key, so the sensor and assets find it."""
-    from anime_assets import settings
-    from anime_assets.defs.resources import StorageResource
-    from anime_assets.defs.sensors import inbox_files
+def _instance():
+    """The Dagster instance, created safely under concurrency; runs whose process died marked failed."""
+    from anime_assets.instance import fail_dead_runs, open_instance
 
-    inbox = StorageResource().episodes_dir()
-    inbox.mkdir(parents=True, exist_ok=True)
-    suffix = src.suffix.lower() if src.suffix.lower() in settings.VIDEO_EXTENSIONS else ".mp4"
-    dst = inbox / f"{episode}{suffix}"
-    taken = inbox_files(inbox).get(episode)
-    if taken and taken != dst.name:
-        raise ValueError(f"{src.name}: episode {episode} already exists as {taken}; use --episode to choose another key")
-    if dst.exists() and dst.resolve() == src.resolve():
-        return dst
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-    return dst
+    instance = open_instance()
+    dead = fail_dead_runs(instance)
+    if dead:
+        _say(f"marked {len(dead)} run(s) failed whose process was gone (killed or terminal closed)")
+    return instance
+
+
+def _ingest_one(instance, src: Path, episode: str) -> bool:
+    """Register one episode and run every stage; a new episode whose own file fails is unregistered."""
+    from anime_assets.defs.partitions import EPISODES
+    from anime_assets.defs.resources import StorageResource
+    from anime_assets.defs.sensors import EPISODE_ASSETS
+    from anime_assets.storage.inbox import same_content
+
+    inbox = StorageResource().inbox()
+    held = inbox.scan().files.get(episode)
+    placed_here = held is None or not same_content(src, inbox.folder / held)
+    inbox.place(src, episode)
+    new = episode not in instance.get_dynamic_partitions(EPISODES)
+    if new:
+        instance.add_dynamic_partitions(EPISODES, [episode])
+    _say(f"{episode}: registered ({src.name})")
+    if not _materialize(EPISODE_ASSETS, instance, partition_key=episode):
+        if new:  # the file itself is unusable: leave no trace of it
+            instance.delete_dynamic_partition(EPISODES, episode)
+            inbox.forget(episode, remove_file=placed_here)
+            for asset in ("frame_index", "shot_boundaries"):
+                StorageResource().media().remove_partition(asset, episode)
+            _say(f"{episode}: not registered (its file failed the first stage)")
+        return False
+    ok = (_shots_run(instance, episode) and _clusters_run(instance, episode)
+          and _layers_run(instance, episode) and _registry_run(instance, episode))
+    if not ok:
+        _say(f"{episode}: stopped; finished stages are kept. Fix the cause and run the same command again")
+    return ok
 
 
 def cmd_ingest(args) -> int:
-    import dagster as dg
-
-    from anime_assets.defs.partitions import EPISODES
-    from anime_assets.defs.sensors import EPISODE_ASSETS
     from anime_assets.keys import episode_key_from_filename, validate_key
+    from anime_assets.storage.inbox import InboxError
     from anime_assets.vision.decode import VideoError, probe
 
-    if args.episode and len(args.paths) > 1:
+    if args.episode is not None and len(args.paths) > 1:
         _say("error: --episode names one episode; pass one PATH with it")
         return 2
-    instance = dg.DagsterInstance.get()
+    instance = _instance()
     failures = 0
     with _progress_bars(args.quiet) as bar:
         for raw in args.paths:
             src = Path(raw)
             try:
-                episode = validate_key(args.episode, "episode") if args.episode else episode_key_from_filename(src.name)
+                episode = (validate_key(args.episode, "episode") if args.episode is not None
+                           else episode_key_from_filename(src.name))
                 probe(src)
-                _place_in_inbox(src, episode)
-            except (VideoError, ValueError) as e:
+                ok = _ingest_one(instance, src, episode)
+            except (VideoError, InboxError, ValueError) as e:
                 _say(f"error: {e}")
-                failures += 1
-                continue
-            if episode not in instance.get_dynamic_partitions(EPISODES):
-                instance.add_dynamic_partitions(EPISODES, [episode])
-            _say(f"{episode}: registered ({src.name})")
-            ok = (_materialize(EPISODE_ASSETS, instance, partition_key=episode)
-                  and _shots_run(instance, episode) and _clusters_run(instance, episode)
-                  and _layers_run(instance, episode) and _registry_run(instance, episode))
+                ok = False
             bar.close()
             if ok:
                 _say(f"{episode}: done")
-            else:
-                failures += 1
+            failures += not ok
     return 1 if failures else 0
 
 
 def cmd_backfill(args) -> int:
-    import dagster as dg
-
     from anime_assets.defs.partitions import EPISODES
     from anime_assets.keys import validate_key
 
-    instance = dg.DagsterInstance.get()
+    instance = _instance()
     known = set(instance.get_dynamic_partitions(EPISODES))
     failures = 0
     with _progress_bars(args.quiet) as bar:
@@ -231,13 +272,11 @@ def cmd_backfill(args) -> int:
 
 
 def cmd_status(args) -> int:
-    import dagster as dg
-
     from anime_assets.defs.partitions import EPISODES
     from anime_assets.defs.resources import StorageResource
     from anime_assets.stages.shot_boundaries import load_shots
 
-    instance = dg.DagsterInstance.get()
+    instance = _instance()
     storage = StorageResource()
     tables = storage.tables()
     for episode in instance.get_dynamic_partitions(EPISODES):
@@ -425,7 +464,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("models", "export"):
         return args.func(args)
     _dagster_home()
-    return args.func(args)
+    with _hangup_as_interrupt():
+        try:
+            return args.func(args)
+        except (Interrupted, KeyboardInterrupt) as e:
+            where = f" in {e}" if isinstance(e, Interrupted) and str(e) else ""
+            _say(f"interrupted{where}: the run is marked failed, finished partitions are kept and nothing "
+                 "is half-written; run the same command again to finish")
+            return 130
+
+
+@contextmanager
+def _hangup_as_interrupt():
+    """A closed terminal (SIGHUP) stops a command the way Ctrl-C does, so its run is marked failed
+    instead of the process dying mid-step with the run left STARTED."""
+    import signal
+
+    if not hasattr(signal, "SIGHUP"):
+        yield
+        return
+    previous = signal.signal(signal.SIGHUP, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 if __name__ == "__main__":

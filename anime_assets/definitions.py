@@ -82,7 +82,7 @@ def resources() -> dict:
 defs = dg.Definitions(
     assets=ALL_ASSETS,
     jobs=[episode_job, characters.edit_characters],
-    sensors=[sensors.episode_inbox, sensors.episode_pipeline],
+    sensors=[sensors.episode_inbox, sensors.episode_pipeline, sensors.dead_runs],
     resources=resources(),
     executor=dg.in_process_executor,  # 2 cores: steps run one after another; models stay loaded per run
 )

@@ -8,6 +8,7 @@ are the shot's position in its episode.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from pathlib import PurePath
@@ -33,13 +34,22 @@ def episode_key_from_filename(name: str) -> str:
     """Derive an episode key from a file name: `My Show - 01 [1080p].mkv` -> `my_show_-_01_1080p`.
 
     Only the last path component's stem is used, so `../../etc/passwd` becomes `passwd`.
+    Two names must not share a key by accident, so where sanitising loses information that
+    tells names apart - letters with no ASCII form (`第一話.mp4`) or a stem cut at 64 characters -
+    the key ends in a short digest of the whole stem (`x-3f9c0a1e`, `long_name_..._-5b2d7e10`).
     """
     stem = PurePath(str(name).replace("\\", "/")).name
     if "." in stem:
         stem = stem.rsplit(".", 1)[0]
-    stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode("ascii").lower()
-    key = re.sub(r"[^a-z0-9_-]+", "_", stem)
-    key = re.sub(r"_+", "_", key).strip("_-")[:64].strip("_-")
+    folded = unicodedata.normalize("NFKD", stem)
+    ascii_stem = folded.encode("ascii", "ignore").decode("ascii").lower()
+    key = re.sub(r"[^a-z0-9_-]+", "_", ascii_stem)
+    key = re.sub(r"_+", "_", key).strip("_-")
+    lost_letters = any(unicodedata.category(c)[0] in "LN" and not c.isascii() and not unicodedata.combining(c)
+                       for c in folded)
+    if lost_letters or len(key) > 64:
+        digest = hashlib.sha256(unicodedata.normalize("NFC", stem).encode()).hexdigest()[:8]
+        key = f"{key[:55].strip('_-') or 'x'}-{digest}"
     if not key:
         raise KeyError_(f"{name}: cannot derive an episode key from this file name; pass --episode")
     return validate_key(key, "episode key")

@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 
 from anime_assets import settings
-from anime_assets.keys import episode_key_from_filename, validate_key
+from anime_assets.storage.inbox import Inbox
 from anime_assets.storage.media import MediaStore
 from anime_assets.storage.tables import FrameTables
 
@@ -38,24 +38,12 @@ class StorageResource(dg.ConfigurableResource):
     def episodes_dir(self) -> Path:
         return settings.episodes_dir(self.root)
 
+    def inbox(self) -> Inbox:
+        return Inbox(self.episodes_dir())
+
     def episode_video(self, episode: str) -> Path:
-        """The inbox file whose name gives this episode key (keys are sanitised, so no traversal)."""
-        validate_key(episode, "episode")
-        folder = self.episodes_dir()
-        matches = []
-        if folder.is_dir():
-            for p in sorted(folder.iterdir()):
-                if p.is_file() and p.suffix.lower() in settings.VIDEO_EXTENSIONS:
-                    try:
-                        if episode_key_from_filename(p.name) == episode:
-                            matches.append(p)
-                    except ValueError:
-                        continue
-        if not matches:
-            raise FileNotFoundError(f"episode {episode}: no video file for it in {folder}")
-        if len(matches) > 1:
-            raise ValueError(f"episode {episode}: several files map to this key: {', '.join(m.name for m in matches)}")
-        return matches[0]
+        """The inbox file registered for this episode key (keys are sanitised, so no traversal)."""
+        return self.inbox().video(episode)
 
 
 class ShotDetectorResource(dg.ConfigurableResource):

@@ -5,6 +5,7 @@
 2. `episode_pipeline`: a new shot_boundaries materialization launches ONE run of the shot-level
    assets over exactly that episode's real shots; once every shot has embeddings newer than its
    shot boundaries, the episode is clustered, then the season.
+3. `dead_runs`: runs whose process died are marked failed (see anime_assets.instance).
 Run keys make every request idempotent, so a sensor tick that repeats itself launches nothing twice.
 """
 
@@ -14,7 +15,6 @@ import time
 
 import dagster as dg
 
-from anime_assets import settings
 from anime_assets.defs.annotations import frame_captions, frame_faces, frame_pose
 from anime_assets.defs.characters import character_registry
 from anime_assets.defs.clusters import episode_clusters, season_clusters, shot_repeats
@@ -23,7 +23,8 @@ from anime_assets.defs.partitions import EPISODES, shot_range_tags
 from anime_assets.defs.resources import StorageResource
 from anime_assets.defs.layers import BACKGROUND, CHARACTER, EFFECT
 from anime_assets.defs.shots import clean_frames, frame_embeddings
-from anime_assets.keys import episode_key_from_filename, shot_key
+from anime_assets.instance import fail_dead_runs
+from anime_assets.keys import shot_key
 
 EPISODE_ASSETS = [source_video.key, frame_index.key, shot_boundaries.key]
 SHOT_ASSETS = [clean_frames.key, frame_embeddings.key, frame_faces.key]
@@ -36,45 +37,57 @@ CLI_TAG = "anime_assets/launched_by"
 SETTLE_SECONDS = 5.0  # a file still being copied keeps changing; wait until it has been still this long
 
 
-def inbox_files(folder) -> dict[str, str]:
-    """episode key -> file name for every video file in the inbox (unusable names skipped)."""
-    out: dict[str, str] = {}
-    if not folder.is_dir():
-        return out
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in settings.VIDEO_EXTENSIONS:
-            try:
-                out.setdefault(episode_key_from_filename(p.name), p.name)
-            except ValueError:
-                continue
-    return out
+def _newly_skipped(context: dg.SensorEvaluationContext, skipped: dict[str, str]) -> None:
+    """Log each unusable inbox file once (the cursor remembers which were reported)."""
+    reported = set(json.loads(context.cursor)) if context.cursor else set()
+    for name, why in skipped.items():
+        if name not in reported:
+            context.log.warning(f"skipped {why}")
+    context.update_cursor(json.dumps(sorted(skipped)))
 
 
 @dg.sensor(
     minimum_interval_seconds=15,
     default_status=dg.DefaultSensorStatus.RUNNING,
     asset_selection=EPISODE_ASSETS,
-    description="Registers new video files in the episodes folder as episode partitions and processes them.",
+    description="Registers new video files in the episodes folder as episode partitions and processes them; "
+                "files it cannot use (no key, colliding keys) are named with the reason in its log.",
 )
 def episode_inbox(context: dg.SensorEvaluationContext, storage: StorageResource):
-    folder = storage.episodes_dir()
+    inbox = storage.inbox()
     known = set(context.instance.get_dynamic_partitions(EPISODES))
     new_keys, requests = [], []
     now = time.time()
-    for key, name in inbox_files(folder).items():
-        if key in known:
-            continue
-        if now - (folder / name).stat().st_mtime < SETTLE_SECONDS:
-            continue
-        new_keys.append(key)
-        requests.append(dg.RunRequest(partition_key=key, run_key=f"ingest-{key}"))
-        context.log.info(f"new episode {key} from {name}")
+    with inbox.locked():
+        scan = inbox.scan()
+        for key, name in scan.files.items():
+            if key in known or now - (inbox.folder / name).stat().st_mtime < SETTLE_SECONDS:
+                continue
+            inbox.claim(key, name)
+            new_keys.append(key)
+            requests.append(dg.RunRequest(partition_key=key, run_key=f"ingest-{key}"))
+            context.log.info(f"new episode {key} from {name}")
+    _newly_skipped(context, scan.skipped)
+    skipped = f"; {len(scan.skipped)} file(s) skipped: " + " | ".join(scan.skipped.values()) if scan.skipped else ""
     if not new_keys:
-        return dg.SkipReason(f"no new episodes in {folder}")
+        return dg.SkipReason(f"no new episodes in {inbox.folder}{skipped}")
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[dg.AddDynamicPartitionsRequest(EPISODES, new_keys)],
     )
+
+
+@dg.sensor(
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Marks failed the runs whose process is gone (killed, terminal closed), so no run stays "
+                "STARTED for ever and the run queue moves on.",
+)
+def dead_runs(context: dg.SensorEvaluationContext):
+    failed = fail_dead_runs(context.instance)
+    for run_id in failed:
+        context.log.warning(f"run {run_id}: its process is gone; marked failed")
+    return dg.SkipReason(f"marked {len(failed)} dead run(s) failed" if failed else "no dead runs")
 
 
 def _latest(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None):
