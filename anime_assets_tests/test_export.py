@@ -177,8 +177,8 @@ def test_atomic_overwrite_rules(tmp_path, frame_files, samples):
     msg = str(err.value)
     assert "\n" not in msg and str(frame_files["dir"] / "nope.jpg") in msg and "f000999" in msg
     assert stray.exists()
-    rep = export_kohya(samples, out, overwrite=True)  # replaced whole: the stray file is gone
-    assert not stray.exists() and rep.n_images == len(samples)
+    rep = export_kohya(samples, out, overwrite=True)  # its own files replaced; the stray file is the user's
+    assert stray.read_text() == "old" and rep.n_images == len(samples)  # not ours: kept (issue 10)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ex"]  # no temp / old folders left
     # an empty existing folder is fine; a foreign non-empty folder is never replaced
     (tmp_path / "empty").mkdir()
