@@ -48,6 +48,30 @@ def test_variable_frame_rate_timestamps_are_true(tmp_path):
     assert got == pts
 
 
+def test_long_last_frame_is_not_truncation(tmp_path):
+    """A still held 3 s at the end (one frame, one long block): the declared duration counts it, and
+    so does the end check (the frame's own duration), so the file passes in full."""
+    path = tmp_path / "still.mkv"
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("libx264", rate=24)
+        st.width, st.height, st.pix_fmt = 160, 96, "yuv420p"
+        st.codec_context.time_base = Fraction(1, 1000)
+        packets = []
+        for i, f in enumerate(_frames(12)):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts, vf.time_base = i * 42, Fraction(1, 1000)
+            packets += st.encode(vf)
+        packets += st.encode()
+        last = max(packets, key=lambda p: p.pts)
+        for p in packets:
+            if p is last:
+                p.duration = int(3 / p.time_base)
+            out.mux(p)
+    info = decode.probe(path)
+    assert info.duration > 3.4
+    assert len(list(decode.iter_frames(path))) == 12
+
+
 def test_analysis_views_shapes_and_colour(tmp_path):
     frames = [np.zeros((180, 320, 3), np.uint8) for _ in range(3)]
     frames[0][:] = (255, 0, 0)
@@ -70,7 +94,7 @@ def test_bad_files_fail_with_one_line_naming_the_file(tmp_path):
     (tmp_path / "notes.mp4").write_text("this is not a video\n" * 50)
     cases["notes.mp4"] = "not a video"
     (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 3])
-    cases["truncated.mp4"] = ""
+    cases["truncated.mp4"] = "truncated"
     corrupt = bytearray(data)
     mdat = corrupt.find(b"mdat")
     rng = np.random.default_rng(1)

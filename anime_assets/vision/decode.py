@@ -10,6 +10,11 @@ downstream of decoding works on:
 Only frames that are kept are converted to full-resolution RGB (see `to_bgr`).
 Timestamps come from each frame's pts and the stream time base, so variable
 frame rate files get true times, not index / fps.
+
+Nothing is trusted to the container alone: `probe` reads the end of the stream and
+`iter_frames` checks where the decoded frames end, so a cut-off file is refused in one
+line (`VideoError`) instead of becoming a short episode. Frames with a display matrix
+(phone clips, `ffmpeg -display_rotation`) come out upright from every function here.
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ _PLANAR_8BIT = {
 }
 
 
+# What ffmpeg / PyAV raise on bad data, seeks a demuxer refuses, and reads that fail: each becomes a
+# one-line VideoError. (av.error.FFmpegError covers PyAV's OSError / EOFError / PermissionError kinds.)
+_AV_ERRORS = (av.error.FFmpegError, ValueError, OSError, EOFError)
+
+
 class VideoError(Exception):
     """A file that cannot be used as an episode. str() is one line: '<file>: <reason>'."""
 
@@ -54,6 +64,8 @@ class VideoInfo:
     codec: str
     pix_fmt: str
     size_bytes: int
+    rotation: int = 0  # degrees counter-clockwise, from the display matrix; applied to every frame handed out
+    rotation_tag: int = 0  # a bare 'rotate' tag without a display matrix: NOT applied (ffmpeg ignores it too)
 
 
 @dataclass
@@ -87,15 +99,37 @@ def _open(path: str | os.PathLike):
         raise VideoError(p, "file is empty (0 bytes)")
     try:
         container = av.open(str(p), metadata_errors="ignore")
-    except av.error.InvalidDataError:
+    except av.error.InvalidDataError as e:
+        kind = _container_magic(p)
+        if kind:  # e.g. an MP4 cut before its index ('moov atom not found')
+            raise VideoError(p, f"cannot open: damaged or truncated {kind} ({_ffmpeg_reason(e)})") from None
         raise VideoError(p, "not a video file (no known container format)") from None
-    except (av.error.FFmpegError, OSError) as e:
+    except _AV_ERRORS as e:
         raise VideoError(p, f"cannot open: {_ffmpeg_reason(e)}") from None
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["no streams"]
         container.close()
         raise VideoError(p, f"no video stream (contains: {', '.join(kinds)})")
+    if container.streams.video[0].codec_context is None:
+        container.close()
+        raise VideoError(p, "no decoder for this file's video codec")
     return container
+
+
+def _container_magic(p: Path) -> str | None:
+    """The container a file's first bytes announce, so a damaged one is not called 'not a video'."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return None
+    if head[4:8] == b"ftyp":
+        return "MP4/MOV"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "Matroska/WebM"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "AVI"
+    return None
 
 
 def _ffmpeg_reason(e: Exception) -> str:
@@ -103,64 +137,185 @@ def _ffmpeg_reason(e: Exception) -> str:
     return " ".join(str(msg).split())[:160]
 
 
+def _fps(stream) -> float:
+    return float(stream.average_rate or stream.guessed_rate or 0) or 24.0
+
+
+def _declared_duration(container, stream) -> tuple[float, bool]:
+    """(seconds the video should last from its first frame, whether that figure is the video's own).
+
+    The video's own duration (MP4/MOV/AVI headers; Matroska's per-track DURATION tag, which the
+    muxer reserves up front, so it survives a cut) comes first; the container's is the longest
+    stream's (audio, subtitles) and gets more slack (`_tolerance`). 0 when the file declares none.
+    """
+    tb = stream.time_base
+    if stream.duration and tb is not None:
+        return float(stream.duration * tb), True
+    for key, value in stream.metadata.items():
+        if key.upper().startswith("DURATION"):
+            seconds = _hms(value)
+            if seconds:
+                return seconds, True
+    if container.duration and container.duration > 0:
+        start = float(stream.start_time * tb) if stream.start_time is not None and tb is not None else 0.0
+        end = ((container.start_time or 0) + container.duration) / av.time_base
+        return max(0.0, end - start), False
+    return 0.0, False
+
+
+def _hms(value: str) -> float:
+    """'00:23:40.125000000' -> seconds (0.0 if it does not parse)."""
+    try:
+        h, m, sec = str(value).strip().split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+    except ValueError:
+        return 0.0
+
+
+def _tolerance(declared: float, own: bool) -> float:
+    """How far the real end may fall short of the declared duration before the file counts as cut.
+
+    A video's own duration and its last frame agree to a frame or two (edit lists, VFR, B-frames);
+    a container's duration is compared with the end of every stream's data, with a little more slack
+    for muxers that round it. Both margins are far below a lost tail worth noticing.
+    """
+    return max(0.5, 0.002 * declared) if own else max(1.0, 0.005 * declared)
+
+
+def _short_reason(end: float, declared: float) -> str:
+    return f"truncated: decodes to {end:.1f} s of {declared:.1f} s declared"
+
+
+def _rotation_tag(stream) -> int:
+    """Degrees of a bare 'rotate' tag (old muxers, Matroska tags), 0 if none or unreadable."""
+    for key, value in stream.metadata.items():
+        if key.lower() == "rotate":
+            try:
+                return int(round(float(value))) % 360
+            except ValueError:
+                return 0
+    return 0
+
+
+def _quarter_turns(frame: av.VideoFrame) -> int:
+    """Counter-clockwise quarter turns that make `frame` upright: its display matrix, read per frame
+    (FFmpeg attaches the stream's matrix to every decoded frame; a C loop over side data, ~free)."""
+    return round(frame.rotation / 90) % 4
+
+
+def _upright(img: np.ndarray, turns: int) -> np.ndarray:
+    """`img` turned counter-clockwise by `turns` quarter turns, contiguous (cv2 needs it); as is for 0."""
+    return np.ascontiguousarray(np.rot90(img, turns)) if turns else img
+
+
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Check that `path` is a decodable video and describe it; raises VideoError otherwise.
 
-    Decodes the first frame so that a file with a valid header but broken data fails here,
-    before anything is written.
+    Decodes the first frame and reads the end of the stream, so that a file with a valid header but
+    broken or missing data fails here, before anything is written. Width and height are upright.
     """
     container = _open(path)
     try:
         stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # the tail check decodes up to a GOP
         ctx = stream.codec_context
-        fps = float(stream.average_rate or stream.guessed_rate or 0) or 24.0
-        duration = 0.0
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration:
-            duration = container.duration / av.time_base
+        fps = _fps(stream)
+        duration, own = _declared_duration(container, stream)
         n = int(stream.frames or round(duration * fps))
         try:
             first = next(container.decode(stream), None)
-        except (av.error.FFmpegError, ValueError) as e:
+        except _AV_ERRORS as e:
             raise VideoError(path, f"video stream cannot be decoded: {_ffmpeg_reason(e)}") from None
         if first is None:
             raise VideoError(path, "video stream has no decodable frames")
-        _check_tail(container, stream, duration, path)
+        if duration > 0 and stream.time_base is not None:
+            _check_tail(container, stream, duration, own, path)
+        turns = _quarter_turns(first)
+        w, h = (first.height, first.width) if turns % 2 else (first.width, first.height)
         return VideoInfo(
-            path=str(path), width=first.width, height=first.height, fps=fps, n_frames=n,
+            path=str(path), width=w, height=h, fps=fps, n_frames=n,
             duration=duration, codec=ctx.name, pix_fmt=first.format.name,
-            size_bytes=Path(path).stat().st_size,
+            size_bytes=Path(path).stat().st_size, rotation=90 * turns,
+            rotation_tag=0 if turns else _rotation_tag(stream),
         )
+    except VideoError:
+        raise
+    except _AV_ERRORS as e:  # anything else ffmpeg says, in one line
+        raise VideoError(path, f"cannot read: {_ffmpeg_reason(e)}") from None
     finally:
         container.close()
 
 
-def _check_tail(container, stream, duration: float, path) -> None:
-    """Seek near the end and decode one frame: a truncated file fails here, before any work."""
-    if duration <= 0 or stream.time_base is None:
-        return
-    target = int((stream.start_time or 0) + 0.9 * duration / stream.time_base)
+# The tail check seeks this far before the declared end; if nothing at all is read from there (an
+# index that points past the end of a cut file), it retries from these fractions of the duration.
+_TAIL_SECONDS = 1.0
+_TAIL_RETRIES = (0.75, 0.5, 0.25, 0.0)
+# At most this many frames are decoded after the seek; past them (a keyframe far back) packet times
+# stand in, so a file with rare keyframes costs a demux, not a second decode. iter_frames decodes all.
+_TAIL_MAX_FRAMES = 300
+
+
+def _check_tail(container, stream, declared: float, own: bool, path) -> None:
+    """Find where the stream really ends and refuse a file that stops short of its declared duration."""
+    for target in (declared - _TAIL_SECONDS, *(f * declared for f in _TAIL_RETRIES)):
+        # A container's duration is its longest stream's: then every stream's data must reach it.
+        end, error = _read_to_end(container, stream, max(0.0, target), every_stream=not own)
+        if end is not None or error == "seek":
+            break
+    if error == "seek" or end is None:  # seeking is refused or broken (the first frame did decode):
+        return  # the full pass in iter_frames checks the end instead
+    if end < declared - _tolerance(declared, own):
+        raise VideoError(path, _short_reason(end, declared))
+    if error:  # the data is all there but the last of it does not decode
+        raise VideoError(path, f"damaged near the end ({declared:.1f} s): {error}")
+
+
+def _read_to_end(container, stream, target: float, every_stream: bool) -> tuple[float | None, str | None]:
+    """Seek to the keyframe before `target` (s from the stream's start) and read to the end of the file.
+
+    Returns (end of the last frame or packet read, in s from the video's start, None if nothing was
+    read; the decoder's complaint if decoding failed on the way, "seek" if the seek was refused).
+    Packets count as well as frames: some demuxers (MPEG-TS) land on a non-keyframe, and the decoder
+    then outputs nothing until the next keyframe, yet the data is there.
+    """
+    tb, start = stream.time_base, stream.start_time or 0
     try:
-        container.seek(target, stream=stream, backward=True, any_frame=False)
-        frame = next(container.decode(stream), None)
-    except (av.error.FFmpegError, ValueError, StopIteration):
-        frame = None
-    if frame is None:
-        raise VideoError(path, f"truncated or corrupt: no frame decodes near the end ({duration:.1f} s declared)")
+        container.seek(start + int(target / tb), stream=stream, backward=True, any_frame=False)
+    except _AV_ERRORS:
+        return None, "seek"
+    end, budget, error = None, _TAIL_MAX_FRAMES, None
+    try:
+        for packet in container.demux(*(() if every_stream else (stream,))):
+            end = _later(end, packet.pts, packet.duration, packet.time_base)
+            if budget > 0 and packet.stream_index == stream.index:
+                for frame in packet.decode():
+                    budget -= 1
+                    end = _later(end, frame.pts, frame.duration, tb)
+    except _AV_ERRORS as e:
+        error = _ffmpeg_reason(e)
+    return (None if end is None else end - float(start * tb)), error
+
+
+def _later(end: float | None, pts, duration, time_base) -> float | None:
+    """max(end, where a packet / frame stops, in s); `end` if it has no time."""
+    if pts is None or time_base is None:
+        return end
+    stop = float((pts + (duration or 0)) * time_base)
+    return stop if end is None else max(end, stop)
 
 
 @dataclass
 class DecodedFrame:
     index: int
     pts: float  # seconds
-    frame: av.VideoFrame
+    frame: av.VideoFrame  # as decoded (coded orientation): pass it to FrameViews / to_bgr for upright pixels
 
 
 def iter_frames(path: str | os.PathLike, *, threads: bool = True) -> Iterator[DecodedFrame]:
     """Decode every frame in presentation order with true timestamps.
 
-    Corrupt data part-way through raises VideoError naming the frame where decoding stopped.
+    Corrupt data part-way through raises VideoError naming the frame where decoding stopped; a stream
+    whose frames end before its declared duration (a cut file) raises VideoError after the last frame.
     """
     container = _open(path)
     try:
@@ -171,8 +326,9 @@ def iter_frames(path: str | os.PathLike, *, threads: bool = True) -> Iterator[De
             # analyses the previous frame (measured ~8% faster on 2 cores than the default).
             stream.codec_context.thread_count = (os.cpu_count() or 2) + 2
         tb = stream.time_base
-        fps = float(stream.average_rate or stream.guessed_rate or 0) or 24.0
+        fps = _fps(stream)
         start = stream.start_time or 0
+        declared, own = _declared_duration(container, stream)
         index = 0
         last_pts = -1.0
         try:
@@ -186,13 +342,19 @@ def iter_frames(path: str | os.PathLike, *, threads: bool = True) -> Iterator[De
                 last_pts = pts
                 yield DecodedFrame(index, pts, frame)
                 index += 1
-        except (av.error.FFmpegError, ValueError) as e:
+        except _AV_ERRORS as e:
+            end = last_pts + 1.0 / fps
+            if index and own and end < declared - _tolerance(declared, own):  # a cut file
+                raise VideoError(path, f"{_short_reason(end, declared)} ({_ffmpeg_reason(e)})") from None
             raise VideoError(path, f"decoding failed after frame {index}: {_ffmpeg_reason(e)}") from None
         if index == 0:
             raise VideoError(path, "video stream has no decodable frames")
-        declared = stream.frames or 0
-        if declared > 10 and index < 0.9 * declared:
-            raise VideoError(path, f"truncated: decoded {index} of {declared} frames")
+        # The last frame lasts its own duration (a VFR still can be long), else one nominal frame.
+        end = last_pts + (float(frame.duration * tb) if frame.duration and tb is not None else 1.0 / fps)
+        # Only the video's own duration is compared here; a container's (the longest stream's) is
+        # checked by probe against every stream's data.
+        if own and end < declared - _tolerance(declared, own):
+            raise VideoError(path, _short_reason(end, declared))
     finally:
         container.close()
 
@@ -204,42 +366,56 @@ def _plane(frame: av.VideoFrame, i: int, width: int, height: int) -> np.ndarray:
 
 
 class FrameViews:
-    """Turns decoded frames into the analysis views cheaply (Y plane striding, tiny colour convert)."""
+    """Turns decoded frames into the analysis views cheaply (Y plane striding, tiny colour convert).
+
+    `width`, `height`: the upright frame size, as `VideoInfo` gives it. A frame with a display matrix
+    is worked on as coded and only its small views are turned, so rotation costs next to nothing.
+    """
 
     def __init__(self, width: int, height: int, analysis_width: int = ANALYSIS_WIDTH):
         self.width, self.height = width, height
         self.gray_size = analysis_size(width, height, analysis_width)
-        # Stride so that the area resize starts from at most ~2x the target: cheap and alias-free enough.
-        self.step = max(1, width // (2 * analysis_width))
-        self.bt709 = height >= 720  # the usual default when a file does not tag its colour matrix
+        gw, gh = self.gray_size
+        # Per orientation of the coded frame (0: as shown, 1: a quarter turn away): coded size, gray and
+        # small sizes before the turn, the stride so that the area resize starts from at most ~2x the
+        # target (cheap and alias-free enough), and BT.709 as the usual default when a file does not
+        # tag its colour matrix (coded height >= 720).
+        self._coded = (
+            (width, height, (gw, gh), SMALL_SIZE, max(1, width // (2 * gw)), height >= 720),
+            (height, width, (gh, gw), SMALL_SIZE[::-1], max(1, height // (2 * gh)), width >= 720),
+        )
+        self.step, self.bt709 = self._coded[0][4], self._coded[0][5]
 
     def views(self, frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray]:
-        """(gray analysis image, 48x27 RGB) for one frame."""
+        """(gray analysis image, 48x27 RGB) for one frame, upright."""
+        turns = _quarter_turns(frame)
+        w, h, gray_size, small_size, s, default_709 = self._coded[turns % 2]
         fmt = frame.format.name
-        if fmt not in _PLANAR_8BIT or frame.width != self.width or frame.height != self.height:
-            frame = frame.reformat(width=self.width, height=self.height, format="yuv420p")
+        if fmt not in _PLANAR_8BIT or frame.width != w or frame.height != h:
+            frame = frame.reformat(width=w, height=h, format="yuv420p")
             fmt = "yuv420p"
         sx, sy = _PLANAR_8BIT[fmt]
-        w, h = self.width, self.height
         y = _plane(frame, 0, w, h)
-        s = self.step
         # A contiguous strided copy first: cv2 would copy a strided view anyway, more slowly.
-        gray = cv2.resize(np.ascontiguousarray(y[::s, ::s]), self.gray_size, interpolation=cv2.INTER_AREA)
+        gray = cv2.resize(np.ascontiguousarray(y[::s, ::s]), gray_size, interpolation=cv2.INTER_AREA)
         cw, ch = -(-w // sx), -(-h // sy)
-        cs = max(1, cw // (2 * SMALL_SIZE[0]))  # chroma only needs ~2x the 48x27 target
-        us = cv2.resize(np.ascontiguousarray(_plane(frame, 1, cw, ch)[::cs, ::cs]), SMALL_SIZE, interpolation=cv2.INTER_AREA)
-        vs = cv2.resize(np.ascontiguousarray(_plane(frame, 2, cw, ch)[::cs, ::cs]), SMALL_SIZE, interpolation=cv2.INTER_AREA)
-        ys = cv2.resize(gray, SMALL_SIZE, interpolation=cv2.INTER_AREA)
+        cs = max(1, cw // (2 * small_size[0]))  # chroma only needs ~2x the 48x27 target
+        us = cv2.resize(np.ascontiguousarray(_plane(frame, 1, cw, ch)[::cs, ::cs]), small_size, interpolation=cv2.INTER_AREA)
+        vs = cv2.resize(np.ascontiguousarray(_plane(frame, 2, cw, ch)[::cs, ::cs]), small_size, interpolation=cv2.INTER_AREA)
+        ys = cv2.resize(gray, small_size, interpolation=cv2.INTER_AREA)
         space, rng = getattr(frame, "colorspace", 2), getattr(frame, "color_range", 0)
-        bt709 = space == 1 or (space not in (5, 6) and self.bt709)  # tags first (1: BT.709, 5/6: BT.601)
+        bt709 = space == 1 or (space not in (5, 6) and default_709)  # tags first (1: BT.709, 5/6: BT.601)
         full = rng == 2 or (rng == 0 and fmt.startswith("yuvj"))
-        return gray, yuv_to_rgb(ys, us, vs, bt709=bt709, full_range=full)
+        small = yuv_to_rgb(ys, us, vs, bt709=bt709, full_range=full)
+        return _upright(gray, turns), _upright(small, turns)
 
     def luma(self, frame: av.VideoFrame, step: int) -> np.ndarray:
-        """The Y plane subsampled by `step` (contiguous): a cheap grey image for per-candidate scores."""
+        """The Y plane subsampled by `step` (contiguous, upright): a cheap grey image for per-candidate scores."""
+        turns = _quarter_turns(frame)
         if frame.format.name not in _PLANAR_8BIT:
             frame = frame.reformat(format="yuv420p")
-        return np.ascontiguousarray(_plane(frame, 0, frame.width, frame.height)[::step, ::step])
+        y = np.ascontiguousarray(_plane(frame, 0, frame.width, frame.height)[::step, ::step])
+        return _upright(y, turns)
 
 
 def _yuv_matrix(bt709: bool, full_range: bool) -> np.ndarray:
@@ -271,8 +447,13 @@ def yuv_to_rgb(y: np.ndarray, u: np.ndarray, v: np.ndarray, *, bt709: bool, full
 
 
 def to_bgr(frame: av.VideoFrame) -> np.ndarray:
-    """Full-resolution BGR (what cv2 writes). Only called for frames that are kept."""
-    return frame.to_ndarray(format="bgr24")
+    """Full-resolution BGR (what cv2 writes), upright. Only called for frames that are kept."""
+    return _upright(frame.to_ndarray(format="bgr24"), _quarter_turns(frame))
+
+
+def to_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """Full-resolution RGB, upright."""
+    return _upright(frame.to_ndarray(format="rgb24"), _quarter_turns(frame))
 
 
 def read_analysis(path: str | os.PathLike, *, analysis_width: int = ANALYSIS_WIDTH,
@@ -310,7 +491,7 @@ def read_frames_bgr(path: str | os.PathLike, indices) -> dict[int, np.ndarray]:
 
 
 def read_frames_rgb(path: str | os.PathLike, indices, pts: np.ndarray | None = None) -> dict[int, np.ndarray]:
-    """Full-resolution RGB of the given frame indices, seeking close to the first one.
+    """Full-resolution RGB (upright) of the given frame indices, seeking close to the first one.
 
     ``pts``: every frame's timestamp (seconds) from the frame index, which maps decoded
     frames back to indices after a seek; without it the file is decoded from the start.
@@ -323,12 +504,21 @@ def read_frames_rgb(path: str | os.PathLike, indices, pts: np.ndarray | None = N
     if pts is None or wanted[0] == 0:
         for df in iter_frames(path):
             if df.index in wanted:
-                out[df.index] = df.frame.to_ndarray(format="rgb24")
+                out[df.index] = to_rgb(df.frame)
             if df.index >= wanted[-1]:
                 break
         return out
-    pts = np.asarray(pts, np.float64)
+    out = _read_near(path, wanted, np.asarray(pts, np.float64))
+    missing = [i for i in wanted if i not in out]
+    if missing:  # the seek landed after a wanted frame (odd GOP) or was refused: decode from the start
+        out.update(read_frames_rgb(path, missing, None))
+    return out
+
+
+def _read_near(path, wanted: list[int], pts: np.ndarray) -> dict[int, np.ndarray]:
+    """The wanted frames that decode after a seek to just before the first; {} if the demuxer cannot seek."""
     half = 0.5 * float(np.median(np.diff(pts))) if len(pts) > 1 else 0.02
+    out: dict[int, np.ndarray] = {}
     container = _open(path)
     try:
         stream = container.streams.video[0]
@@ -337,7 +527,10 @@ def read_frames_rgb(path: str | os.PathLike, indices, pts: np.ndarray | None = N
         tb = stream.time_base
         start = stream.start_time or 0
         target = float(pts[wanted[0]]) - 2 * half
-        container.seek(int(start + max(0.0, target) / tb), stream=stream, backward=True, any_frame=False)
+        try:
+            container.seek(int(start + max(0.0, target) / tb), stream=stream, backward=True, any_frame=False)
+        except _AV_ERRORS:
+            return out
         want = set(wanted)
         try:
             for frame in container.decode(stream):
@@ -348,14 +541,11 @@ def read_frames_rgb(path: str | os.PathLike, indices, pts: np.ndarray | None = N
                 if i >= len(pts) or abs(pts[i] - t) > half:
                     continue
                 if i in want:
-                    out[i] = frame.to_ndarray(format="rgb24")
+                    out[i] = to_rgb(frame)
                 if i >= wanted[-1]:
                     break
-        except (av.error.FFmpegError, ValueError) as e:
+        except _AV_ERRORS as e:
             raise VideoError(path, f"decoding failed near frame {wanted[0]}: {_ffmpeg_reason(e)}") from None
     finally:
         container.close()
-    missing = [i for i in wanted if i not in out]
-    if missing:  # the seek landed after a wanted frame (odd GOP): decode from the start instead
-        out.update(read_frames_rgb(path, missing, None))
     return out
