@@ -241,6 +241,9 @@ def cmd_ingest(args) -> int:
             except (VideoError, InboxError, ValueError) as e:
                 _say(f"error: {e}")
                 ok = False
+            except OSError as e:  # unreadable file, full disk outside a run: one line, not a traceback
+                _say(f"error: {e.filename or src}: {e.strerror or e}")
+                ok = False
             bar.close()
             if ok:
                 _say(f"{episode}: done")
@@ -438,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_characters)
     p = sub.add_parser("export", help="write a trainer dataset: export kohya OUT --character NAME ...")
     p.add_argument("format", choices=["kohya"])
-    p.add_argument("out", help="output folder (written whole, atomically)")
+    p.add_argument("out", help="output folder (a new one is written atomically; with --overwrite only the "
+                                  "earlier export's own files are replaced)")
     p.add_argument("--data", help="data root or LanceDB URI (default: $ANIME_ASSETS_DATA or ./data)")
     p.add_argument("--character", help="registry id or name")
     p.add_argument("--outfit")
@@ -458,7 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", default="auto", help="auto (balance the groups) or a number")
     p.add_argument("--trigger", help="trigger word put first in every caption")
     p.add_argument("--name", help="folder name when samples have no character")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the files an earlier anime_assets export wrote in OUT (files you added are "
+                        "kept; refused if you edited one of its files)")
     p.set_defaults(func=cmd_export)
     args = parser.parse_args(argv)
     if args.command in ("models", "export"):

@@ -32,3 +32,13 @@ def test_shot_keys_round_trip_and_sort_in_time_order():
     assert [shot_index(k) for k in keys] == [0, 9, 10, 399]
     with pytest.raises(KeyError_):
         shot_index("s12")
+
+
+def test_names_that_sanitise_alike_keep_distinct_keys():
+    """Issue 10: non-ASCII-only names had no key, and names equal in their first 64 characters shared one."""
+    long_a, long_b = "a" * 70 + " 01.mkv", "a" * 70 + " 02.mkv"
+    keys = [episode_key_from_filename(n) for n in ("第一話.mp4", "第二話.mp4", long_a, long_b)]
+    assert len(set(keys)) == 4 and all(validate_key(k) for k in keys)
+    assert keys[0].startswith("x-") and keys[2].startswith("a" * 55 + "-")
+    assert episode_key_from_filename("第一話.mp4") == keys[0]  # stable
+    assert episode_key_from_filename("Café Épisode 2.webm") == "cafe_episode_2"  # accents fold, no digest

@@ -89,6 +89,8 @@ class Inbox:
         try:
             tmp.write_text(json.dumps(owners, indent=1, sort_keys=True))
             os.replace(tmp, self.folder / RECORD)
+        except OSError as e:
+            raise InboxError(f"{self.folder / RECORD}: cannot record the inbox's episodes: {_one_line(e)}") from None
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -116,7 +118,10 @@ class Inbox:
             return out
         by_key: dict[str, list[str]] = {}
         for p in sorted(self.folder.iterdir()):
-            if not p.is_file() or p.suffix.lower() not in settings.VIDEO_EXTENSIONS:
+            if not p.is_file() or not p.name.lower().endswith(settings.VIDEO_EXTENSIONS):
+                continue
+            if p.name.startswith("."):  # `.mp4`, macOS `._ep01.mp4` resource forks: never episodes
+                out.skipped[p.name] = f"{p.name}: hidden file (its name starts with '.'); rename it to ingest it"
                 continue
             try:
                 by_key.setdefault(episode_key_from_filename(p.name), []).append(p.name)
