@@ -14,6 +14,7 @@ from anime_assets.models import registry
 def offline_empty_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv(registry.LOCK_ENV, str(tmp_path / registry.LOCK_NAME))  # never the project's lock file
     return tmp_path
 
 

@@ -3,10 +3,13 @@ asset's code version names its models, so changing one model changes exactly its
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+from onnx import TensorProto, helper
 
 from anime_assets.models import registry, selection
-from anime_assets_tests.standins import REVISION, offline_hf_cache, put_in_hf_cache
+from anime_assets_tests.standins import REVISION, offline_hf_cache, put_in_hf_cache, save_onnx
 
 
 @pytest.fixture
@@ -14,6 +17,14 @@ def hf_cache(tmp_path, monkeypatch):
     for stage in (*selection.CANDIDATES, "expression"):
         monkeypatch.delenv(selection.ENV_PREFIX + stage.upper(), raising=False)
     return offline_hf_cache(tmp_path, monkeypatch)
+
+
+def _onnx(path):
+    """A real (tiny) ONNX file: selection passes over a .onnx file that is no model."""
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "standin",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    return save_onnx(graph, path)
 
 
 def _file(content: bytes):
@@ -41,7 +52,7 @@ def test_auto_resolves_to_what_is_here_and_says_why(hf_cache):
 
 
 def test_a_cached_hub_model_wins_and_its_snapshot_is_its_version(hf_cache):
-    put_in_hf_cache(hf_cache, "SmilingWolf/wd-vit-tagger-v3", "model.onnx", _file(b"onnx"))
+    put_in_hf_cache(hf_cache, "SmilingWolf/wd-vit-tagger-v3", "model.onnx", _onnx)
     assert selection.resolve("tagger").name == "none"  # the tag list is missing: not usable
     put_in_hf_cache(hf_cache, "SmilingWolf/wd-vit-tagger-v3", "selected_tags.csv", _file(b"tag_id,name,category,count\n"))
     tagger = selection.resolve("tagger")
@@ -82,7 +93,7 @@ def test_code_versions_change_for_exactly_the_assets_of_a_model(hf_cache, monkey
     monkeypatch.delenv("ANIME_ASSETS_POSE")
 
     # A tagger appears in the cache (`anime-assets models pull`): faces (expression) and captions.
-    put_in_hf_cache(hf_cache, "SmilingWolf/wd-vit-tagger-v3", "model.onnx", _file(b"onnx"))
+    put_in_hf_cache(hf_cache, "SmilingWolf/wd-vit-tagger-v3", "model.onnx", _onnx)
     put_in_hf_cache(hf_cache, "SmilingWolf/wd-vit-tagger-v3", "selected_tags.csv", _file(b"tag_id,name,category,count\n"))
     pulled = _versions()
     assert {k for k in before if before[k] != pulled[k]} == {"frame_faces", "frame_captions"}
@@ -91,6 +102,25 @@ def test_code_versions_change_for_exactly_the_assets_of_a_model(hf_cache, monkey
     monkeypatch.setenv("ANIME_ASSETS_SEGMENTER", "none")
     no_seg = _versions()
     assert {k for k in pulled if pulled[k] != no_seg[k]} == {"character_layers", "effect_layers", "background_layers"}
+
+
+def test_the_pinned_snapshot_names_the_version_and_a_changed_file_changes_the_choice(hf_cache, monkeypatch):
+    """`models pull` downloads a pinned model at its commit (no refs/main is written for a commit):
+    that snapshot is found, checked against the registered digest, and its commit is the version
+    in the code versions. The file changing on disk makes "auto" (and the version) move on."""
+    name = "dwpose-ll-ucoco-384"
+    spec = registry.REGISTRY[name]
+    weights = _onnx(hf_cache / "models--yzd-v--DWPose" / "snapshots" / spec.revision / spec.files[0])
+    # Registered digest of the stand-in instead of the real weights' (which only the real file matches).
+    monkeypatch.setitem(registry.REGISTRY, name, dataclasses.replace(spec, sha256={spec.files[0]: registry.sha256_file(weights)}))
+    pose = selection.resolve("pose")
+    assert pose.model_id == f"{name}@{spec.revision[:12]}" and pose.reason is None
+    assert _versions()["frame_pose"] == f"1|{name}@{spec.revision[:12]}"
+
+    weights.write_bytes(weights.read_bytes() + b"\0")
+    pose = selection.resolve("pose")
+    assert pose.name == "mediapipe-pose-landmark-full" and "sha256" in pose.reason and str(weights) in pose.reason
+    assert _versions()["frame_pose"] == "1|mediapipe-pose-landmark-full@0.10.21"
 
 
 def test_registry_lists_the_new_models():

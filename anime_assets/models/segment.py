@@ -74,27 +74,49 @@ def one_line(text: str) -> str:
     return str(text).strip()
 
 
-def hub_file(repo_id: str, filename: str, *, allow_download: bool) -> Path:
-    """A hub file from the local Hugging Face cache, else downloaded into it (huggingface_hub,
-    short timeout) when `allow_download` and not HF_HUB_OFFLINE; else ModelUnavailable."""
+def hub_file(repo_id: str, filename: str, *, allow_download: bool, force: bool = False) -> Path:
+    """A hub file from the local Hugging Face cache whose sha256 checks out (models.registry: the
+    digest registered for the pinned revision, else the one recorded when it was pulled), else
+    downloaded into the cache at the registry's pinned revision ("main" when unpinned; huggingface_hub,
+    short timeout) when `allow_download` and not HF_HUB_OFFLINE, and checked (or its digest
+    recorded); else ModelUnavailable. A cached file that does not check out (corrupt, or no digest
+    known) is fetched again when downloads are possible, and refused otherwise. `force`: fetch it
+    again even if it checks out (`models pull` of a file that is not a model)."""
     found = registry.find_cached_file(repo_id, (filename,))
-    if found is not None:
+    problem = registry.hub_file_problem(repo_id, found) if found is not None else None
+    if found is not None and problem is None and not force:
         return found
     what = f"hf-hub:{repo_id}/{filename}"
     where = f"the Hugging Face cache at {registry.hf_cache_dir()}"
+
+    def refuse(why: str) -> ModelUnavailable:
+        if problem:
+            return ModelUnavailable(f"{problem}; it cannot be fetched again here: {why}")
+        if found is not None:
+            return ModelUnavailable(f"{what} cannot be fetched again here: {why}")
+        return ModelUnavailable(f"{what} is not in {where} and {why}")
+
     if registry.hf_offline():
-        raise ModelUnavailable(f"{what} is not in {where} and HF_HUB_OFFLINE is set")
+        raise refuse("HF_HUB_OFFLINE is set")
     if not allow_download:
-        raise ModelUnavailable(f"{what} is not in {where} and downloads are off (allow_download=False)")
+        raise refuse("downloads are off (allow_download=False)")
     unreachable = registry.hub_unreachable_reason()
     if unreachable:
-        raise ModelUnavailable(f"{what} is not in {where} and {unreachable}")
+        raise refuse(unreachable)
+    revision = registry.pinned_revision(repo_id) or "main"
     try:
         from huggingface_hub import hf_hub_download
 
-        return Path(hf_hub_download(repo_id, filename, cache_dir=registry.hf_cache_dir(), etag_timeout=10))
+        path = Path(hf_hub_download(repo_id, filename, cache_dir=registry.hf_cache_dir(), etag_timeout=10,
+                                    revision=revision, force_download=found is not None))
     except Exception as exc:  # no network, 404, disk full, ...
-        raise ModelUnavailable(f"could not download {what}: {type(exc).__name__}: {one_line(exc)}") from exc
+        raise ModelUnavailable(f"could not download {what}: {type(exc).__name__}: {one_line(exc)} "
+                               f"(revision {revision})") from exc
+    check = registry.record_download(repo_id, path, replace=force)
+    if not check.ok:
+        raise ModelUnavailable(f"downloaded {what} at revision {revision} but it does not check out: "
+                               f"{path}: {check.reason}")
+    return path
 
 
 def loader_key(name: str | None, aliases: dict[str, str], names, what: str, turned_off: str | None = None) -> str:

@@ -10,6 +10,9 @@ Resolving from local files, never the network, keeps two promises:
   their partitions as stale in the UI;
 * loading the definitions (sensors, the webserver, every run worker) costs no network wait.
 
+"Here" means usable: a hub file whose sha256 does not check out (models.registry: corrupt, or no
+digest known) is not here, and "auto" passes over it with a reason naming the file.
+
 The version of a model is what changes when its weights do: the hub snapshot (commit) for hub
 models, the package version for weights shipped in a package, the pipeline version for built-ins.
 """
@@ -58,12 +61,15 @@ def env_choice(stage: str) -> str:
 
 
 def model_version(name: str) -> str:
-    """Hub models: the cached snapshot's commit (12 digits); packages: their version; built-ins:
-    the pipeline version. Local only."""
+    """Hub models: the commit (12 digits) of the cached snapshot the weights come from (the pinned
+    one when it is here); packages: their version; built-ins: the pipeline version. Local only."""
     spec = registry.REGISTRY[name]
     if spec.source.startswith(registry.HF_PREFIX):
-        snapshot = registry.cached_hf_snapshot(spec.source[len(registry.HF_PREFIX):])
-        return snapshot.name[:12] if snapshot is not None else "missing"
+        commit = registry.hub_commit(name)
+        if commit is None:
+            snapshot = registry.cached_hf_snapshot(spec.source[len(registry.HF_PREFIX):])
+            commit = snapshot.name if snapshot is not None else None
+        return commit[:12] if commit else "missing"
     if spec.source.startswith(registry.PACKAGE_PREFIX):
         package = spec.source[len(registry.PACKAGE_PREFIX):]
         if "==" in package:
