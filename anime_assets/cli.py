@@ -179,6 +179,12 @@ def _clusters_run(instance, episode: str) -> bool:
             and _materialize([season_clusters.key, shot_repeats.key], instance))
 
 
+def _after_shot_boundaries(instance, episode: str) -> bool:
+    """Every stage after the episode run, in order: shots, clusters, layers, characters."""
+    return (_shots_run(instance, episode) and _clusters_run(instance, episode)
+            and _layers_run(instance, episode) and _registry_run(instance, episode))
+
+
 def _instance():
     """The Dagster instance, created safely under concurrency; runs whose process died marked failed."""
     from anime_assets.instance import fail_dead_runs, open_instance
@@ -213,14 +219,14 @@ def _ingest_one(instance, src: Path, episode: str) -> bool:
                 StorageResource().media().remove_partition(asset, episode)
             _say(f"{episode}: not registered (its file failed the first stage)")
         return False
-    ok = (_shots_run(instance, episode) and _clusters_run(instance, episode)
-          and _layers_run(instance, episode) and _registry_run(instance, episode))
+    ok = _after_shot_boundaries(instance, episode)
     if not ok:
         _say(f"{episode}: stopped; finished stages are kept. Fix the cause and run the same command again")
     return ok
 
 
 def cmd_ingest(args) -> int:
+    from anime_assets.defs.resources import StorageResource
     from anime_assets.keys import episode_key_from_filename, validate_key
     from anime_assets.storage.inbox import InboxError
     from anime_assets.vision.decode import VideoError, probe
@@ -236,8 +242,12 @@ def cmd_ingest(args) -> int:
             try:
                 episode = (validate_key(args.episode, "episode") if args.episode is not None
                            else episode_key_from_filename(src.name))
-                probe(src)
-                ok = _ingest_one(instance, src, episode)
+                info = probe(src)
+                if info.rotation_tag:
+                    _say(f"warning: {src.name}: a bare 'rotate' tag of {info.rotation_tag} degrees (no display "
+                         "matrix) is not applied, as players ignore it too; frames are stored as coded")
+                with StorageResource().inbox().working_on(episode):
+                    ok = _ingest_one(instance, src, episode)
             except (VideoError, InboxError, ValueError) as e:
                 _say(f"error: {e}")
                 ok = False
@@ -253,6 +263,7 @@ def cmd_ingest(args) -> int:
 
 def cmd_backfill(args) -> int:
     from anime_assets.defs.partitions import EPISODES
+    from anime_assets.defs.resources import StorageResource
     from anime_assets.keys import validate_key
 
     instance = _instance()
@@ -264,8 +275,8 @@ def cmd_backfill(args) -> int:
                 validate_key(episode, "episode")
                 if episode not in known:
                     raise ValueError(f"episode {episode} is not registered (known: {', '.join(sorted(known)) or 'none'})")
-                ok = (_shots_run(instance, episode) and _clusters_run(instance, episode)
-                      and _layers_run(instance, episode) and _registry_run(instance, episode))
+                with StorageResource().inbox().working_on(episode):
+                    ok = _after_shot_boundaries(instance, episode)
             except (ValueError, FileNotFoundError) as e:
                 _say(f"error: {e}")
                 ok = False
@@ -325,7 +336,7 @@ def cmd_models(args) -> int:
     try:
         if args.action == "list":
             for m in manage.statuses(args.names):
-                print(f"{m.name}\t{m.task}\t{'present' if m.available else 'missing'}\t{m.source}\t{m.detail}")
+                print(f"{m.name}\t{m.task}\t{m.state or ('present' if m.available else 'missing')}\t{m.source}\t{m.detail}")
             if not args.names:
                 from anime_assets.models import selection
 
@@ -340,7 +351,7 @@ def cmd_models(args) -> int:
                 print(f"{name}\t{verdict}\t{path}")
             if not rows:
                 print("no model files present to verify")
-            return 1 if any(v == "MISMATCH" for _, _, v in rows) else 0
+            return 1 if any(v != "ok" for _, _, v in rows) else 0  # mismatch, corrupt or unverified
         rows = manage.pull(args.names)
         for name, ok, what in rows:
             print(f"{name}\t{'present' if ok else 'missing'}\t{what}")

@@ -25,9 +25,6 @@ import imageio_ffmpeg
 import lancedb
 import pytest
 
-from anime_assets.defs.sensors import dead_runs, episode_inbox
-from anime_assets.storage.inbox import Inbox
-
 pytestmark = pytest.mark.faults
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,6 +192,8 @@ def test_kills_at_random_points_are_recovered_and_equal_an_undisturbed_run(tmp_p
         p.wait()
         stuck = home.runs_in_progress()
         if n == 0 and stuck:  # the daemon's sensor marks them failed, without any CLI command
+            from anime_assets.defs.sensors import dead_runs
+
             with home.instance() as inst:
                 dead_runs(dg.build_sensor_context(instance=inst))
         elif stuck:  # the next CLI command marks them failed when it starts
@@ -297,6 +296,10 @@ def test_an_empty_key_is_refused_and_a_failed_new_episode_leaves_no_trace(tmp_pa
 def test_the_inbox_sensor_names_the_files_it_skips_and_registers_none_of_a_colliding_pair(tmp_path):
     """Case 9: non-ASCII-only names were skipped without a word, and colliding names were both
     registered, their runs bound to fail."""
+    from anime_assets.defs.resources import StorageResource
+    from anime_assets.defs.sensors import episode_inbox
+    from anime_assets.storage.inbox import Inbox
+
     inbox = tmp_path / "data" / "episodes"
     inbox.mkdir(parents=True)
     src = SAMPLE.read_bytes()[:4096]
@@ -308,10 +311,22 @@ def test_the_inbox_sensor_names_the_files_it_skips_and_registers_none_of_a_colli
     assert len(set(scan.files)) == 3 and all(k.startswith("x-") for k, v in scan.files.items() if v != "ep02.mp4")
     assert sorted(scan.skipped) == [".mp4", "EP01.mp4", "ep01.mkv"]
     assert "all map to episode key ep01" in scan.skipped["ep01.mkv"]
-    from anime_assets.defs.resources import StorageResource
-
     with dg.instance_for_test() as inst:
         ctx = dg.build_sensor_context(instance=inst, resources={"storage": StorageResource(data_root=str(tmp_path / "data"))})
         result = episode_inbox(ctx)
         assert sorted(r.partition_key for r in result.run_requests) == sorted(scan.files)
         assert sorted(json.loads(ctx.cursor)) == sorted(scan.skipped)  # each skip is logged once
+
+
+def test_the_same_episode_from_two_commands_at_once_runs_once(tmp_path, clips):
+    """Two commands writing one partition would remove each other's staging folders: the second is refused."""
+    home = Home(tmp_path)
+    first = home.start("ingest", str(clips["tiny"]), "--episode", "ep01", "--quiet")
+    record = home.data / "episodes" / ".episodes.json"
+    while first.poll() is None and not (record.exists() and "ep01" in record.read_text()):
+        time.sleep(0.1)  # the first command holds the episode from before it registers it to its end
+    second = home.run("ingest", str(clips["tiny"]), "--episode", "ep01", "--quiet")
+    assert first.wait(timeout=600) == 0, first.stderr.read()[-2000:]
+    assert second.returncode == 1 and _errors(second.stderr) == [
+        "error: episode ep01 is being processed by another command; wait for it to finish (or stop it) and try again"]
+    assert home.runs_in_progress() == [] and home.leftovers() == []

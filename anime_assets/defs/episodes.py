@@ -48,9 +48,15 @@ def source_video(context: dg.AssetExecutionContext, storage: StorageResource) ->
         info = decode.probe(path)
     except (decode.VideoError, FileNotFoundError, ValueError) as e:
         raise _fail(context, str(e)) from None
+    if info.rotation:
+        context.log.info(f"{path.name}: display matrix turns it {info.rotation} degrees; frames are stored upright")
+    if info.rotation_tag:
+        context.log.warning(f"{path.name}: a bare 'rotate' tag of {info.rotation_tag} degrees (no display matrix) "
+                            "is not applied, as players ignore it too; frames are stored as coded")
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(path)),
+            "rotation_deg": info.rotation,
             "dagster/uri": MediaStore.uri(path),
             "resolution": f"{info.width}x{info.height}",
             "fps": info.fps,
@@ -69,7 +75,7 @@ def source_video(context: dg.AssetExecutionContext, storage: StorageResource) ->
     partitions_def=episode_partitions,
     deps=[source_video],
     group_name=GROUP,
-    code_version="1",
+    code_version="2",  # 2: frames of rotated files are stored upright (issue 10)
     kinds={"numpy"},
     check_specs=[dg.AssetCheckSpec("frames_found", asset="frame_index",
                                    description="The decode pass found frames and at least one new drawing.")],

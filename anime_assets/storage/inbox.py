@@ -76,6 +76,22 @@ class Inbox:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
+    @contextmanager
+    def working_on(self, key: str):
+        """Held while one command processes episode `key`; a second one is refused, not interleaved
+        (two writers of one partition would remove each other's staging folders)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / f".{validate_key(key, 'episode')}.busy", "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise InboxError(f"episode {key} is being processed by another command; "
+                                 "wait for it to finish (or stop it) and try again") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     def owners(self) -> dict[str, str]:
         """episode key -> registered file name."""
         try:
