@@ -254,3 +254,19 @@ def test_every_hub_model_is_pinned_with_digests():
         for required in spec.requires:
             assert required in spec.sha256, (spec.name, required)
         assert all(len(d) == 64 and int(d, 16) >= 0 for d in spec.sha256.values()), spec.name
+
+
+def test_large_weights_are_hashed_once_across_processes_and_again_when_they_change(tmp_path, monkeypatch):
+    """Every run worker checks the selected models; the digest of an unchanged large file is reused."""
+    monkeypatch.setenv(registry.DIGEST_CACHE_ENV, str(tmp_path / "digests.json"))
+    weights = tmp_path / "model.onnx"
+    weights.write_bytes(os.urandom(registry._DIGEST_CACHE_MIN_BYTES + 1))
+    first = registry.file_sha256(weights)
+    registry._sha256_of_version.cache_clear()  # as a new process would start
+    calls = []
+    monkeypatch.setattr(registry, "sha256_file", lambda p, *a: calls.append(p) or "recomputed")
+    assert registry.file_sha256(weights) == first and calls == []
+    with open(weights, "r+b") as fh:
+        fh.write(b"junk")
+    registry._sha256_of_version.cache_clear()
+    assert registry.file_sha256(weights) == "recomputed" and calls == [weights.resolve()]

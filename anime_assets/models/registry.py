@@ -490,14 +490,50 @@ def _version_key(path: Path) -> tuple[str, int, int, int, int]:
     return str(real), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
+DIGEST_CACHE_ENV = "ANIME_ASSETS_DIGEST_CACHE"
+_DIGEST_CACHE_MIN_BYTES = 16 << 20  # smaller files hash faster than the cache file is read
+
+
+def digest_cache_path() -> Path:
+    """Where digests of large model files are kept between processes, by file version."""
+    if os.environ.get(DIGEST_CACHE_ENV):
+        return Path(os.environ[DIGEST_CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "anime_assets" / "sha256-by-file-version.json"
+
+
 @lru_cache(maxsize=64)
 def _sha256_of_version(path: str, size: int, mtime_ns: int, ctime_ns: int, ino: int) -> str:
-    return sha256_file(Path(path))
+    if size < _DIGEST_CACHE_MIN_BYTES:
+        return sha256_file(Path(path))
+    # Every run worker loads the definitions, which check the selected models: without this, each
+    # process would hash ~1.5 GB of weights. A file whose size, times or inode changed is hashed again
+    # (ctime changes on any write or metadata change), as git's index trusts an unchanged stat.
+    version = [size, mtime_ns, ctime_ns, ino]
+    cache_file = digest_cache_path()
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    entry = cache.get(path) if isinstance(cache, dict) else None
+    if isinstance(entry, dict) and entry.get("version") == version and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    digest = sha256_file(Path(path))
+    cache = cache if isinstance(cache, dict) else {}
+    cache[path] = {"version": version, "sha256": digest}
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(f"{cache_file.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, cache_file)  # a concurrent writer may drop an entry: it is only a cache
+    except OSError:
+        pass
+    return digest
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file, computed once per process and file version (path, size, times, inode):
-    availability checks and loaders of one process hash each weights file once."""
+    """sha256 of a file, computed once per file version (path, size, times, inode): once per process,
+    and for large weights once across processes (see digest_cache_path)."""
     return _sha256_of_version(*_version_key(path))
 
 
