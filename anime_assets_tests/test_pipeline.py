@@ -76,7 +76,7 @@ def test_definitions_load():
     assert {"source_video", "frame_index", "shot_boundaries", "clean_frames", "frame_embeddings",
             "episode_clusters", "season_clusters", "character_layers", "effect_layers", "background_layers",
             "frame_faces", "frame_pose", "frame_captions"} <= keys
-    assert {s.name for s in repo.sensor_defs} == {"episode_inbox", "episode_pipeline"}
+    assert {s.name for s in repo.sensor_defs} == {"episode_inbox", "episode_pipeline", "dead_runs"}
 
 
 def test_ingest_registers_episode_shots_and_fills_lancedb(ingested):

@@ -28,6 +28,7 @@ from anime_assets.keys import episode_key_from_filename, validate_key
 
 RECORD = ".episodes.json"
 LOCK = ".episodes.lock"
+BUSY = ".busy"  # one lock file per episode being processed
 
 
 class InboxError(ValueError):
@@ -80,8 +81,9 @@ class Inbox:
     def working_on(self, key: str):
         """Held while one command processes episode `key`; a second one is refused, not interleaved
         (two writers of one partition would remove each other's staging folders)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / f".{validate_key(key, 'episode')}.busy", "a+") as fh:
+        locks = self.folder / BUSY
+        locks.mkdir(parents=True, exist_ok=True)
+        with open(locks / validate_key(key, "episode"), "a+") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
