@@ -87,9 +87,10 @@ def process_start_time(pid: int) -> float | None:
 
 
 def run_owner(instance: dg.DagsterInstance, run_id: str) -> RunOwner | None:
-    """The process Dagster recorded as executing the run (the newest engine event with a pid)."""
+    """The process Dagster recorded as executing the run: the first engine event with a pid (the run
+    worker, or the CLI's in-process executor; a multiprocess executor's step processes come later)."""
     records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT).records
-    for record in reversed(records):
+    for record in records:
         event = record.event_log_entry.dagster_event
         pid = event.engine_event_data.metadata.get("pid") if event and event.engine_event_data else None
         if pid is not None:
