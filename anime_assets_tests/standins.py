@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 from onnx import helper
 
-from anime_assets.models import registry
+from anime_assets.models import integrity, registry
 
 REVISION = "fedcba9876543210fedcba9876543210fedcba98"
 
@@ -31,12 +31,12 @@ def put_in_hf_cache(cache: Path, repo_id: str, filename: str, build) -> Path:
     (registry.record_download, into the lock file offline_hf_cache points at a tmp path).
     `build(path)` writes the file at `path` and returns it. Several files of one repo share the
     snapshot."""
-    if not os.environ.get(registry.LOCK_ENV):
-        raise RuntimeError(f"set {registry.LOCK_ENV} to a tmp path first (offline_hf_cache does): "
+    if not os.environ.get(integrity.LOCK_ENV):
+        raise RuntimeError(f"set {integrity.LOCK_ENV} to a tmp path first (offline_hf_cache does): "
                            "the stand-in's digest is recorded there")
     repo = cache / ("models--" + repo_id.replace("/", "--"))
     tmp = build(repo / "tmp" / Path(filename).name)
-    blob = repo / "blobs" / registry.sha256_file(tmp)
+    blob = repo / "blobs" / integrity.sha256_file(tmp)
     blob.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(blob)
     shutil.rmtree(repo / "tmp")
@@ -55,7 +55,7 @@ def offline_hf_cache(tmp_path: Path, monkeypatch) -> Path:
     (the digests `models pull` records) there too."""
     cache = tmp_path / "hf" / "hub"
     cache.mkdir(parents=True)
-    monkeypatch.setenv(registry.LOCK_ENV, str(tmp_path / "hf" / registry.LOCK_NAME))
+    monkeypatch.setenv(integrity.LOCK_ENV, str(tmp_path / "hf" / integrity.LOCK_NAME))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -28,7 +28,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from anime_assets.models import registry
+from anime_assets.models import integrity, registry
 from anime_assets.models.clip import ModelUnavailable
 from anime_assets.models.face_detect import (
     ANIME_FACE_YOLO,
@@ -165,7 +165,7 @@ def test_auto_loads_the_cached_model(yolo_file):
     det = load_face_detector("auto")
     assert isinstance(det, YoloFaceDetector)
     assert det.fallback_reason is None
-    assert det.model_id == f"{ANIME_FACE_YOLO}@{registry.sha256_file(yolo_file)[:12]}"
+    assert det.model_id == f"{ANIME_FACE_YOLO}@{integrity.sha256_file(yolo_file)[:12]}"
     assert (det.input_size, det.static_shape, det.labels) == (640, None, ("face",))
     assert load_face_detector("anime-face-yolo").model_id == det.model_id
     spec = registry.REGISTRY[ANIME_FACE_YOLO]

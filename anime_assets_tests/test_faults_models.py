@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from anime_assets import cli
-from anime_assets.models import manage, registry, selection
+from anime_assets.models import integrity, manage, registry, selection
 from anime_assets.models.clip import ModelUnavailable
 from anime_assets.models.segment import IsnetSegmenter, MediapipeSegmenter, load_segmenter
 from anime_assets_tests.standins import REVISION, offline_hf_cache, put_in_hf_cache
@@ -150,9 +150,9 @@ def test_the_layer_stage_runs_the_mediapipe_prior_not_motion_only(hf_cache):
 
 def test_registered_digests_take_precedence_over_recorded_ones(hf_cache):
     junk = hand_copy(hf_cache, REPO, FILE, JUNK, HUB_COMMIT)
-    lock = Path(registry.lock_path())
+    lock = Path(integrity.lock_path())
     lock.parent.mkdir(parents=True, exist_ok=True)
-    lock.write_text(json.dumps({"version": 1, "hub": {REPO: {HUB_COMMIT: {FILE: registry.sha256_file(junk)}}}}))
+    lock.write_text(json.dumps({"version": 1, "hub": {REPO: {HUB_COMMIT: {FILE: integrity.sha256_file(junk)}}}}))
     ok, why = registry.is_available(NAME)
     assert not ok and "corrupt" in why and "registered" in why
     assert _verdicts() == ["MISMATCH"]
@@ -193,8 +193,8 @@ def test_a_pulled_file_is_recorded_and_a_later_change_makes_it_corrupt(hf_cache,
     assert (name, ok) == (NAME, True), what
     assert calls == [(REPO, FILE, "main", False)]
     path = registry.local_files(NAME)[0]
-    lock = json.loads(Path(registry.lock_path()).read_text())
-    assert lock["hub"][REPO][REVISION][FILE] == registry.sha256_file(path)
+    lock = json.loads(Path(integrity.lock_path()).read_text())
+    assert lock["hub"][REPO][REVISION][FILE] == integrity.sha256_file(path)
 
     assert registry.is_available(NAME)[0]
     assert _verdicts() == ["ok"]
@@ -223,7 +223,7 @@ def test_pull_downloads_the_pinned_revision_and_checks_it(hf_cache, monkeypatch)
     [(name, ok, what)] = manage.pull([NAME])
     assert calls == [(REPO, FILE, spec.revision, False)]
     assert not ok and "sha256" in what
-    assert not Path(registry.lock_path()).exists() or REPO not in Path(registry.lock_path()).read_text()
+    assert not Path(integrity.lock_path()).exists() or REPO not in Path(integrity.lock_path()).read_text()
     assert selection.resolve("segmenter").name == "mediapipe-selfie"
 
 
@@ -239,8 +239,8 @@ def test_pull_fetches_a_corrupt_file_again(hf_cache, monkeypatch):
 
 def test_the_stand_in_helper_records_digests_like_pull(hf_cache):
     cached = put_in_hf_cache(hf_cache, REPO, FILE, isnet_standin)
-    lock = json.loads(Path(registry.lock_path()).read_text())
-    assert lock["hub"][REPO][REVISION][FILE] == registry.sha256_file(cached)
+    lock = json.loads(Path(integrity.lock_path()).read_text())
+    assert lock["hub"][REPO][REVISION][FILE] == integrity.sha256_file(cached)
     assert registry.is_available(NAME)[0] and _verdicts() == ["ok"]
     assert selection.resolve("segmenter").name == NAME
 
@@ -258,15 +258,15 @@ def test_every_hub_model_is_pinned_with_digests():
 
 def test_large_weights_are_hashed_once_across_processes_and_again_when_they_change(tmp_path, monkeypatch):
     """Every run worker checks the selected models; the digest of an unchanged large file is reused."""
-    monkeypatch.setenv(registry.DIGEST_CACHE_ENV, str(tmp_path / "digests.json"))
+    monkeypatch.setenv(integrity.DIGEST_CACHE_ENV, str(tmp_path / "digests.json"))
     weights = tmp_path / "model.onnx"
-    weights.write_bytes(os.urandom(registry._DIGEST_CACHE_MIN_BYTES + 1))
-    first = registry.file_sha256(weights)
-    registry._sha256_of_version.cache_clear()  # as a new process would start
+    weights.write_bytes(os.urandom(integrity._DIGEST_CACHE_MIN_BYTES + 1))
+    first = integrity.file_sha256(weights)
+    integrity._sha256_of_version.cache_clear()  # as a new process would start
     calls = []
-    monkeypatch.setattr(registry, "sha256_file", lambda p, *a: calls.append(p) or "recomputed")
-    assert registry.file_sha256(weights) == first and calls == []
+    monkeypatch.setattr(integrity, "sha256_file", lambda p, *a: calls.append(p) or "recomputed")
+    assert integrity.file_sha256(weights) == first and calls == []
     with open(weights, "r+b") as fh:
         fh.write(b"junk")
-    registry._sha256_of_version.cache_clear()
-    assert registry.file_sha256(weights) == "recomputed" and calls == [weights.resolve()]
+    integrity._sha256_of_version.cache_clear()
+    assert integrity.file_sha256(weights) == "recomputed" and calls == [weights.resolve()]

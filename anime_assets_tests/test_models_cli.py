@@ -7,14 +7,14 @@ import shutil
 import pytest
 
 from anime_assets import cli
-from anime_assets.models import registry
+from anime_assets.models import integrity, registry
 
 
 @pytest.fixture
 def offline_empty_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv(registry.LOCK_ENV, str(tmp_path / registry.LOCK_NAME))  # never the project's lock file
+    monkeypatch.setenv(integrity.LOCK_ENV, str(tmp_path / integrity.LOCK_NAME))  # never the project's lock file
     return tmp_path
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from anime_assets.models import registry
+from anime_assets.models import integrity, registry
 from anime_assets.models.clip import ModelUnavailable
 from anime_assets.models.inpaint import LamaInpainter, TeleaInpainter, context_box, load_inpainter
 from anime_assets.models.segment import (
@@ -104,7 +104,7 @@ def test_anime_seg_loads_from_hf_cache_offline(hf_cache):
     assert registry.is_available("anime-seg-isnetis")[0]
     seg = load_segmenter("auto")
     assert isinstance(seg, IsnetSegmenter) and isinstance(seg, Segmenter)
-    assert seg.model_id == f"anime-seg-isnetis@{registry.sha256_file(cached)[:12]}"
+    assert seg.model_id == f"anime-seg-isnetis@{integrity.sha256_file(cached)[:12]}"
     assert seg.fallback_reason is None and seg.size == 1024 and seg.input_name == "img"
     # Landscape and portrait frames: the letterbox must map the mask back onto the same pixels.
     for (h, w), box in (((360, 640), (100, 260, 300, 420)), ((1080, 1920), (200, 900, 1000, 1400)), ((300, 120), (50, 150, 30, 90))):
@@ -128,7 +128,7 @@ def test_anime_seg_loads_from_hf_cache_offline(hf_cache):
 def test_anime_seg_explicit_path_and_logit_output(tmp_path, hf_cache):
     path = isnet_standin(tmp_path / "isnet-logits.onnx", logits=True)
     seg = load_segmenter("auto", path=str(path))
-    assert isinstance(seg, IsnetSegmenter) and seg.model_id == f"anime-seg-isnetis@{registry.sha256_file(path)[:12]}"
+    assert isinstance(seg, IsnetSegmenter) and seg.model_id == f"anime-seg-isnetis@{integrity.sha256_file(path)[:12]}"
     rgb = bright_box_frame(200, 300, (50, 150, 100, 200))
     prob = seg.predict(rgb)
     assert 0.0 <= prob.min() and prob.max() <= 1.0
@@ -141,7 +141,7 @@ def test_lama_loads_from_hf_cache_offline(hf_cache):
     assert registry.is_available("lama-onnx")[0]
     inp = load_inpainter("auto")
     assert isinstance(inp, LamaInpainter)
-    assert inp.model_id == f"lama-onnx@{registry.sha256_file(cached)[:12]}"
+    assert inp.model_id == f"lama-onnx@{integrity.sha256_file(cached)[:12]}"
     assert inp.fallback_reason is None and (inp.image_name, inp.mask_name, inp.size) == ("image", "mask", 512)
     rng = np.random.default_rng(1)
     for (h, w), (y0, y1, x0, x1) in (((1080, 1920), (400, 700, 800, 1300)), ((200, 300), (50, 90, 100, 180)), ((1080, 1920), (10, 30, 5, 25))):
@@ -269,7 +269,7 @@ def test_mediapipe_selfie_on_fixture_frames(frame, min_iou):
 def test_mediapipe_explicit_file_and_sizes():
     folder = registry.bundled_dir(registry.MEDIAPIPE_PIN)
     seg = load_segmenter("mediapipe-selfie", path=folder / "selfie_segmentation_landscape.tflite")
-    assert seg.model_id == f"mediapipe-selfie@{registry.sha256_file(folder / 'selfie_segmentation_landscape.tflite')[:12]}"
+    assert seg.model_id == f"mediapipe-selfie@{integrity.sha256_file(folder / 'selfie_segmentation_landscape.tflite')[:12]}"
     for shape in ((1080, 1920, 3), (37, 91, 3), (64, 48)):
         prob = seg.predict(np.zeros(shape, np.uint8))
         assert prob.shape == shape[:2] and prob.dtype == np.float32

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from anime_assets.models import registry
+from anime_assets.models import integrity, registry
 from anime_assets.models.clip import ModelUnavailable
 from anime_assets.models.pose import (
     POSE_NAMES,
@@ -106,7 +106,7 @@ def test_dwpose_standin_loads_offline_and_lands_keypoints_exactly(hf_cache):
     assert registry.is_available("dwpose-ll-ucoco-384")[0]
     est = load_pose_estimator("auto")
     assert isinstance(est, DWPose) and isinstance(est, PoseEstimator)
-    assert est.model_id == f"dwpose-ll-ucoco-384@{registry.sha256_file(cached)[:12]}"
+    assert est.model_id == f"dwpose-ll-ucoco-384@{integrity.sha256_file(cached)[:12]}"
     assert est.fallback_reason is None and est.skeleton == "coco-wholebody-133"
     assert (est.input_name, est.x_name, est.y_name, est.width, est.height) == ("input", "simcc_x", "simcc_y", 288, 384)
     assert len(est.keypoint_names) == 133 and est.keypoint_names[:17] == vp.COCO17
@@ -146,7 +146,7 @@ def test_dwpose_standin_loads_offline_and_lands_keypoints_exactly(hf_cache):
 def test_dwpose_explicit_path(tmp_path, hf_cache):
     path = dwpose_standin(tmp_path / "dw.onnx")
     est = load_pose_estimator("auto", path=path)
-    assert isinstance(est, DWPose) and est.model_id == f"dwpose-ll-ucoco-384@{registry.sha256_file(path)[:12]}"
+    assert isinstance(est, DWPose) and est.model_id == f"dwpose-ll-ucoco-384@{integrity.sha256_file(path)[:12]}"
     kp = est.predict(np.zeros((100, 80, 3), np.uint8), (10, 10, 70, 90))
     assert kp.shape == (133, 3)
     # A file that is not the model is an error, not a fallback.

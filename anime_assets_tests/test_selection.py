@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 from onnx import TensorProto, helper
 
-from anime_assets.models import registry, selection
+from anime_assets.models import integrity, registry, selection
 from anime_assets_tests.standins import REVISION, offline_hf_cache, put_in_hf_cache, save_onnx
 
 
@@ -112,7 +112,7 @@ def test_the_pinned_snapshot_names_the_version_and_a_changed_file_changes_the_ch
     spec = registry.REGISTRY[name]
     weights = _onnx(hf_cache / "models--yzd-v--DWPose" / "snapshots" / spec.revision / spec.files[0])
     # Registered digest of the stand-in instead of the real weights' (which only the real file matches).
-    monkeypatch.setitem(registry.REGISTRY, name, dataclasses.replace(spec, sha256={spec.files[0]: registry.sha256_file(weights)}))
+    monkeypatch.setitem(registry.REGISTRY, name, dataclasses.replace(spec, sha256={spec.files[0]: integrity.sha256_file(weights)}))
     pose = selection.resolve("pose")
     assert pose.model_id == f"{name}@{spec.revision[:12]}" and pose.reason is None
     assert _versions()["frame_pose"] == f"1|{name}@{spec.revision[:12]}"

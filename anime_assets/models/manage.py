@@ -3,7 +3,7 @@
 `list` and `verify` never touch the network. `pull` downloads hub files into the Hugging Face
 cache (where the machine is online) at the revision the registry pins, checks them against the
 registered sha256 or, for files with none, records their sha256 in the lock file
-(`registry.lock_path()`), so later checks know the file; a cached file that does not check out is
+(`integrity.lock_path()`), so later checks know the file; a cached file that does not check out is
 fetched again. Weights that ship inside a registry package are installed or extracted by
 scripts/setup.sh, so `pull` only reports them.
 """

@@ -34,7 +34,7 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from anime_assets.models import registry
+from anime_assets.models import integrity, registry
 from anime_assets.models.clip import ModelUnavailable, as_rgb_uint8, resize, usable_cores
 
 ANIME_SEG = "anime-seg-isnetis"
@@ -152,7 +152,7 @@ def _file_key(path: Path) -> tuple[str, int, int]:
 
 @lru_cache(maxsize=32)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    return registry.sha256_file(Path(path))
+    return integrity.sha256_file(Path(path))
 
 
 def file_sha12(path: Path) -> str:
