@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from anime_assets.export import ExportError, export_kohya
-from anime_assets.export import kohya
+from anime_assets.export import kohya, owned
 from anime_assets_tests.test_export import _tree, frame_files, samples  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.faults
@@ -255,7 +255,7 @@ def test_interrupted_overwrite_rolls_back_or_never_looks_complete(tmp_path, samp
     (out / "output" / "my_lora.safetensors").write_bytes(b"weights")
     _png(out / "img" / "1_Sylvie_Green" / "extra_user.png", 3)
     before = _snapshot(out)
-    real = kohya._move
+    real = owned._move
     calls = {"n": 0}
 
     def failing(src, dst):
@@ -265,7 +265,7 @@ def test_interrupted_overwrite_rolls_back_or_never_looks_complete(tmp_path, samp
         return real(src, dst)
 
     # an error mid-replacement: every step is undone, the old export is back byte for byte
-    monkeypatch.setattr(kohya, "_move", failing)
+    monkeypatch.setattr(owned, "_move", failing)
     with pytest.raises(OSError, match="disk on fire"):
         export_kohya(samples[:4], out, overwrite=True, trigger="t")
     assert _snapshot(out) == before
@@ -273,7 +273,7 @@ def test_interrupted_overwrite_rolls_back_or_never_looks_complete(tmp_path, samp
 
     # a crash at the same point (nothing undone, the staging folder lost): never a complete-looking mix
     calls["n"] = 0
-    monkeypatch.setattr(kohya, "_rollback", lambda *a, **k: True)
+    monkeypatch.setattr(owned, "_rollback", lambda *a, **k: True)
     with pytest.raises(OSError, match="disk on fire"):
         export_kohya(samples[:4], out, overwrite=True, trigger="t")
     assert not (out / "dataset_config.toml").exists()  # no trainer config: a trainer cannot start on it
@@ -286,7 +286,7 @@ def test_interrupted_overwrite_rolls_back_or_never_looks_complete(tmp_path, samp
     # without overwrite it is refused; with it, the run finishes it
     with pytest.raises(ExportError, match="not empty"):
         export_kohya(samples[:4], out)
-    monkeypatch.setattr(kohya, "_move", real)
+    monkeypatch.setattr(owned, "_move", real)
     rep = export_kohya(samples[:4], out, overwrite=True, trigger="t")
     assert rep.groups == {"Sylvie_Green": (4, 1)} and _manifest(out)["state"] == "complete"
     after = _snapshot(out)

@@ -37,55 +37,31 @@ Repeats (`repeats="auto"`) balance the groups: each group contributes about the 
 image views per epoch, `repeats_g = max(1, round(target / n_g))` with `target` the largest group's
 size (or `target_steps_per_epoch`, a number of views per group and epoch).
 
-export.json (`format = "anime_assets.kohya"`, `format_version = 2`) also lists every file the
-export wrote, `files = [{"path": "img/1_x/a.png", "size": bytes, "sha256": hex}, ...]` (paths
-relative to `out_dir`, "/"-separated; export.json itself is not in the list), and `dirs`, every
-folder it made; `state` is "complete", or "incomplete" while an overwrite is being put in place.
+export.json (`format = "anime_assets.kohya"`, `format_version = 2`: the first that lists the files
+it wrote) holds every sample with its source ids, crop and caption, the groups and counts, and
+(written by `anime_assets.export.owned`) the file list that overwriting relies on.
 
-Writing and overwriting (an export never deletes a file or folder it did not write):
-
-* A new export (no `out_dir`, or an empty one) is written into a hidden temporary folder beside
-  `out_dir` and renamed into place at the end: atomic, never half there.
-* `out_dir` not empty: refused without `overwrite`, and refused with it unless its export.json is
-  one of ours (format, version 2, a well-formed list, every path relative, inside `out_dir`, no
-  "..", no symbolic link on the way).  Then only the listed files are replaced or removed; every
-  other file and folder stays as it was, beside the export or inside its folders (trained LoRAs,
-  notes, extra images, trainer caches).  Listed folders the new export does not use are removed
-  when that leaves them empty.  An export.json of format_version 1 (no file list) is refused too:
-  its files cannot be told from the user's.
-* A listed file the user changed since (other size or sha256, or no longer a plain file) refuses
-  the overwrite with one line naming it, before anything is touched: it is the user's work now
-  (a hand-fixed caption, a tuned config), and neither silently destroying it nor keeping it inside
-  a new export it no longer matches is right.  Move it out (or delete it) and export again.  A user
-  file where the new export writes one of its files or folders is refused the same way.
-* The replacement cannot be one folder rename any more (the user's files stay where they are), so
-  it is journaled: the new export is staged in full beside `out_dir` first; then export.json is
-  replaced by a journal (`state = "incomplete"`, the new list and the old one), the old files are
-  moved aside into the staging folder (dataset_config.toml and README.txt first), the new files
-  are moved in (the config and README last) and the complete export.json is written last.  An
-  error on the way moves everything back (the old export returns byte for byte); after a crash
-  `out_dir` has no dataset_config.toml (no trainer starts on a mix of old and new), its
-  export.json says "incomplete" and the same export with overwrite finishes the job (a file may
-  then match either list).
+Overwriting (`overwrite=True`) replaces only the files an earlier export wrote and keeps every
+file of the user's; a listed file the user changed, or a user file where the new export writes,
+refuses it.  The rules and what a crash leaves are `anime_assets.export.owned`'s doc; for this
+layout, dataset_config.toml and README.txt are the entry files (gone while a replacement is half
+done, so no trainer starts on a mix of old and new).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import math
-import os
 import re
-import shutil
-import stat
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 
 import numpy as np
 
+from anime_assets.export import owned
+from anime_assets.export.owned import MANIFEST, ExportError
 from anime_assets.query import Sample
 
 FORMAT = "anime_assets.kohya"
@@ -93,15 +69,11 @@ FORMAT_VERSION = 2  # 2: export.json lists the files it wrote (`files`, `dirs`, 
 CONTEXT = 0.15  # share of the instance box's long side added as context on every side
 MIN_CROP = 256  # an instance crop is at least this many pixels a side (or the whole frame side)
 MAX_ASPECT = 2.0  # an instance crop is never longer than this on one side (when the frame allows)
-MANIFEST = "export.json"
 CONFIG = "dataset_config.toml"
 README = "README.txt"
+KOHYA = owned.Format(FORMAT, FORMAT_VERSION, listed_since=2, entry_files=(CONFIG, README))
 
 _SAFE = re.compile(r"(?:[^A-Za-z0-9._-]|\.{2,})+")
-
-
-class ExportError(Exception):
-    """An export that cannot be written (bad arguments, an existing folder, a missing source)."""
 
 
 class MissingSourceError(ExportError, FileNotFoundError):
@@ -416,199 +388,6 @@ def _resolution(resolution) -> tuple[int, int]:
     return res
 
 
-def _is_empty_dir(p: Path) -> bool:
-    return p.is_dir() and next(p.iterdir(), None) is None
-
-
-def _check_target(out_dir: Path, overwrite: bool, digests: bool = True) -> _Previous | None:
-    """None when `out_dir` is absent or empty (a new export); else, with `overwrite`, the earlier
-    export there, checked (see `_read_previous`, `_check_previous`); anything else is refused.
-    `digests=False` checks sizes only (the early check; the one before replacing reads every file)."""
-    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
-        raise ExportError(f"{out_dir} exists and is not a folder; not touching it")
-    if not out_dir.is_dir() or _is_empty_dir(out_dir):
-        return None
-    if not overwrite:
-        raise ExportError(f"{out_dir} exists and is not empty "
-                          f"(pass overwrite=True to replace the files an earlier export wrote there)")
-    if not os.path.lexists(out_dir / MANIFEST):
-        raise ExportError(f"{out_dir} is not an anime_assets export (no {MANIFEST}); "
-                          f"refusing to replace it even with overwrite=True")
-    prev = _read_previous(out_dir)
-    _check_previous(out_dir, prev, digests)
-    return prev
-
-
-# ------------------------------------------------------------------ the earlier export's file list
-@dataclass
-class _Previous:
-    raw: bytes  # export.json as it was (written back when an overwrite is undone)
-    files: dict  # path -> {(size, sha256), ...}: what the file there may be (two after a crash)
-    dirs: set
-
-
-_SHA = re.compile(r"[0-9a-f]{64}")
-
-
-def _refuse(out_dir: Path, why: str, hint: str = "") -> ExportError:
-    return ExportError(f"{out_dir / MANIFEST} {why}; refusing to touch {out_dir} even with overwrite=True{hint}")
-
-
-def _rel(out_dir: Path, p) -> str:
-    """`p` when it is a path this module could have written: relative, "/"-separated, inside
-    `out_dir` (no "..", ".", empty part, drive or backslash)."""
-    if not isinstance(p, str) or not p:
-        raise _refuse(out_dir, f"is malformed (a path that is not a string: {p!r})")
-    win = PureWindowsPath(p)
-    if (p.startswith("/") or "\\" in p or "\x00" in p or win.drive or win.is_absolute()
-            or any(part in ("", ".", "..") for part in p.split("/"))):
-        raise _refuse(out_dir, f"names a path that is not a plain relative path inside {out_dir} ({p!r})")
-    if p == MANIFEST:
-        raise _refuse(out_dir, f"is malformed (it lists {MANIFEST} itself)")
-    return p
-
-
-def _entries(out_dir: Path, items, what: str, unique: bool) -> list[tuple[str, int, str]]:
-    if not isinstance(items, list):
-        raise _refuse(out_dir, f"is malformed (no list {what!r})")
-    rows, seen = [], set()
-    for e in items:
-        if not isinstance(e, dict) or not {"path", "size", "sha256"} <= set(e):
-            raise _refuse(out_dir, f"is malformed (an entry of {what!r} is not {{path, size, sha256}}: {e!r:.80})")
-        rel, size, sha = _rel(out_dir, e["path"]), e["size"], e["sha256"]
-        if type(size) is not int or size < 0 or not isinstance(sha, str) or not _SHA.fullmatch(sha):
-            raise _refuse(out_dir, f"is malformed (bad size or sha256 for {rel!r})")
-        if unique and rel in seen:
-            raise _refuse(out_dir, f"is malformed ({rel!r} listed twice)")
-        seen.add(rel)
-        rows.append((rel, size, sha))
-    return rows
-
-
-def _dirs(out_dir: Path, items, what: str) -> set[str]:
-    if not isinstance(items, list):
-        raise _refuse(out_dir, f"is malformed (no list {what!r})")
-    return {_rel(out_dir, d) for d in items}
-
-
-def _read_previous(out_dir: Path) -> _Previous:
-    """The earlier export's export.json, when it is one of ours and well-formed (else ExportError)."""
-    path = out_dir / MANIFEST
-    if path.is_symlink() or not path.is_file():
-        raise _refuse(out_dir, "is not a plain file, so not one of anime_assets' manifests")
-    raw = path.read_bytes()
-    try:
-        m = json.loads(raw.decode("utf-8"))
-    except ValueError:
-        m = None
-    if not isinstance(m, dict) or m.get("format") != FORMAT:
-        raise ExportError(f"{out_dir} is not an anime_assets export ({MANIFEST} there has no "
-                          f"\"format\": \"{FORMAT}\"); refusing to touch it even with overwrite=True")
-    v = m.get("format_version")
-    if type(v) is not int:
-        raise _refuse(out_dir, "is malformed (no integer format_version)")
-    if v < 2:
-        raise _refuse(out_dir, f"is format_version {v}, which does not list the files it wrote (they cannot be "
-                               f"told from yours)", " (move your own files out and delete it, or export elsewhere)")
-    if v > FORMAT_VERSION:
-        raise _refuse(out_dir, f"is format_version {v}, newer than this anime_assets ({FORMAT_VERSION})")
-    state = m.get("state")
-    if state not in ("complete", "incomplete"):
-        raise _refuse(out_dir, f"is malformed (state {state!r})")
-    rows = _entries(out_dir, m.get("files"), "files", unique=True)
-    dirs = _dirs(out_dir, m.get("dirs"), "dirs")
-    if state == "incomplete":  # an overwrite was interrupted: a file may be the old one or the new one
-        before = m.get("previous")
-        if not isinstance(before, dict):
-            raise _refuse(out_dir, "is malformed (an incomplete export without 'previous')")
-        rows += _entries(out_dir, before.get("files"), "previous.files", unique=False)
-        dirs |= _dirs(out_dir, before.get("dirs"), "previous.dirs")
-    files: dict[str, set] = {}
-    for rel, size, sha in rows:
-        files.setdefault(rel, set()).add((size, sha))
-    return _Previous(raw, files, dirs)
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _no_links(out_dir: Path, rels, checked: set[str]) -> None:
-    """No symbolic link on the way to any of `rels` (nor at it): a link could lead out of `out_dir`,
-    and this module never writes one."""
-    root = out_dir.resolve()
-    for rel in rels:
-        parts = rel.split("/")
-        for i in range(1, len(parts) + 1):
-            sub = "/".join(parts[:i])
-            if sub in checked:
-                continue
-            p = out_dir / sub
-            if p.is_symlink():
-                raise ExportError(f"{p} is a symbolic link (anime_assets never writes one) and {MANIFEST} names "
-                                  f"{rel!r} through it; refusing to touch {out_dir}")
-            if not os.path.lexists(p):
-                break
-            checked.add(sub)
-        if not (out_dir / rel).resolve().is_relative_to(root):
-            raise _refuse(out_dir, f"names a path outside {out_dir} ({rel!r})")
-
-
-def _check_previous(out_dir: Path, prev: _Previous, digests: bool) -> None:
-    """Every listed path inside `out_dir` without links, every listed file still the one written
-    (missing is fine: nothing to remove).  Reads nothing but sizes when `digests` is False."""
-    _no_links(out_dir, [*prev.files, *prev.dirs], set())
-    changed = []
-    for rel, known in sorted(prev.files.items()):
-        try:
-            st = os.lstat(out_dir / rel)
-        except (FileNotFoundError, NotADirectoryError):  # gone (a parent too, or now a file): nothing to remove
-            continue
-        if (not stat.S_ISREG(st.st_mode) or st.st_size not in {size for size, _ in known}
-                or (digests and (st.st_size, _sha256(out_dir / rel)) not in known)):
-            changed.append(rel)
-    if changed:
-        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
-        raise ExportError(f"{out_dir / changed[0]}{more} was changed since anime_assets wrote it; refusing to "
-                          f"overwrite it: move it out of {out_dir} (or delete it) and export again")
-
-
-def _check_plan(out_dir: Path, prev: _Previous, files: Iterable[str], dirs: Iterable[str]) -> None:
-    """Nothing of the user's where the new export puts a file or a folder: a path there is either
-    absent or a listed (unchanged) file of the earlier export, and the folders are real folders."""
-    files, dirs = sorted(files), sorted(dirs)
-    _no_links(out_dir, [*files, *dirs], set())
-    in_way = []
-    for d in dirs:
-        p = out_dir / d
-        if os.path.lexists(p) and not p.is_dir():
-            in_way.append(d)
-    for rel in files:
-        if os.path.lexists(out_dir / rel) and rel not in prev.files:
-            in_way.append(rel)
-    if in_way:
-        more = f" (and {len(in_way) - 1} more)" if len(in_way) > 1 else ""
-        raise ExportError(f"{out_dir / in_way[0]}{more} is where the new export writes and was not written by "
-                          f"anime_assets; refusing to overwrite it: move it out of {out_dir} and export again")
-
-
-def _inventory(root: Path) -> tuple[list[dict], list[str]]:
-    """Every file under `root` (path, size, sha256) but export.json, and every folder, sorted."""
-    files, dirs = [], []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        here = Path(dirpath)
-        for d in dirnames:
-            dirs.append((here / d).relative_to(root).as_posix())
-        for n in sorted(filenames):
-            p = here / n
-            rel = p.relative_to(root).as_posix()
-            if rel != MANIFEST:
-                files.append({"path": rel, "size": p.stat().st_size, "sha256": _sha256(p)})
-    return sorted(files, key=lambda e: e["path"]), sorted(dirs)
-
-
 def _write_png(path: Path, a: np.ndarray) -> None:
     from PIL import Image
 
@@ -638,8 +417,8 @@ def export_kohya(samples: Iterable[Sample], out_dir, *, name: str | None = None,
       resolve most safely: sd-scripts resolves relative ones against the working directory); False
       writes them relative to `out_dir` (run the trainer from inside it).
     overwrite: replace an earlier export in a non-empty `out_dir`: only the files its export.json
-      lists are replaced or removed, every other file there is kept (see the module doc; a listed
-      file changed since, or a user file where this export writes, refuses it).
+      lists are replaced or removed, every other file there is kept (see `anime_assets.export.owned`;
+      a listed file changed since, or a user file where this export writes, refuses it).
     manifest_extra: more facts for export.json (the query, the table versions...).
     """
     if layout not in ("sd-scripts", "musubi"):
@@ -655,7 +434,7 @@ def export_kohya(samples: Iterable[Sample], out_dir, *, name: str | None = None,
     out_dir = Path(out_dir).expanduser().absolute()
     if out_dir.name in ("", ".", ".."):
         raise ExportError(f"not an export folder name: {out_dir}")
-    prev = _check_target(out_dir, overwrite, digests=False)  # refuse early; digests are read before replacing
+    prev = owned.check_target(out_dir, KOHYA, overwrite, digests=False)  # refuse early; digests come before replacing
 
     samples = list(samples)
     if not samples:
@@ -694,12 +473,9 @@ def export_kohya(samples: Iterable[Sample], out_dir, *, name: str | None = None,
             plan_files |= {f"mask/{reps[g]}_{g}/{n}.png" for g in members for n in names[g].values()}
         if layout == "musubi":
             plan_dirs |= {"cache", *(f"cache/{reps[g]}_{g}" for g in members)}
-        _check_plan(out_dir, prev, plan_files, plan_dirs)
+        owned.check_plan(out_dir, prev, plan_files, plan_dirs)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with owned.staging(out_dir) as tmp:
         rows, group_rows, n_masks = [], [], 0
         for g, members_g in members.items():
             folder = f"{reps[g]}_{g}"
@@ -754,149 +530,21 @@ def export_kohya(samples: Iterable[Sample], out_dir, *, name: str | None = None,
 
         views = sum(gr["views_per_epoch"] for gr in group_rows)
         manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "name": default, "layout": layout,
+            "name": default, "layout": layout,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "crop": crop, "mask": {"dir": "mask-dir", "alpha": "alpha", None: None}[mask_mode],
             "trigger": trigger, "resolution": list(res), "batch_size": batch_size,
             "paths": "absolute" if absolute_paths else "relative to this folder",
             "config": CONFIG, "n_images": len(rows), "n_masks": n_masks, "views_per_epoch": views,
-            "groups": group_rows, "samples": rows, "extra": manifest_extra or {}, "state": "complete",
+            "groups": group_rows, "samples": rows, "extra": manifest_extra or {},
         }
         (tmp / README).write_text(_readme(manifest, out_dir), encoding="utf-8")
-        files, dirs = _inventory(tmp)  # what this export writes: export.json lists it (not itself)
-        manifest["files"], manifest["dirs"] = files, dirs
-        (tmp / MANIFEST).write_bytes(_json_bytes(manifest))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _swap_in(tmp, out_dir, overwrite, files, dirs)  # owns `tmp` from here
+    # export.json gets the format, these facts and the list of every file written (what overwriting relies on)
+    owned.put_in_place(tmp, out_dir, KOHYA, manifest, overwrite)
     return ExportReport(
         out_dir=out_dir, groups={gr["group"]: (gr["count"], gr["repeats"]) for gr in group_rows},
         n_images=len(rows), n_masks=n_masks, config_path=out_dir / CONFIG, manifest_path=out_dir / MANIFEST,
         layout=layout, views_per_epoch=views, labels={gr["group"]: gr["label"] for gr in group_rows})
-
-
-def _json_bytes(m: dict) -> bytes:
-    return (json.dumps(m, indent=1, ensure_ascii=False, default=str) + "\n").encode("utf-8")
-
-
-def _move(src: Path, dst: Path) -> None:
-    """One rename within the file system (every step of putting an export in place is one)."""
-    os.replace(src, dst)
-
-
-def _swap_in(tmp: Path, out_dir: Path, overwrite: bool, files: list[dict], dirs: list[str]) -> None:
-    """Put the finished export staged in `tmp` at `out_dir`; `tmp` is gone afterwards (unless an
-    undo failed: then it holds the old files, and the error says so).
-
-    A new export (no `out_dir`, or an empty one) is one folder rename.  Over an earlier export it is
-    `_replace_in_place`: the user's files stay where they are, so the folder cannot be swapped."""
-    try:
-        prev = _check_target(out_dir, overwrite)  # again, reading every listed file: things change meanwhile
-        if prev is None:
-            if out_dir.is_dir():
-                out_dir.rmdir()
-            os.rename(tmp, out_dir)
-            return
-        _check_plan(out_dir, prev, [e["path"] for e in files], dirs)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _replace_in_place(tmp, out_dir, prev, files, dirs)
-
-
-def _replace_in_place(tmp: Path, out_dir: Path, prev: _Previous, files: list[dict], dirs: list[str]) -> None:
-    """Replace the earlier export's files in `out_dir` by the ones staged in `tmp`, touching nothing else.
-
-    Why not a folder swap: the user's files (a trained LoRA in output/, extra images in img/<folder>/)
-    live inside `out_dir`, and carrying them into the new folder would put them, for a while, in a
-    hidden temporary folder that an interrupted run leaves behind.  Instead every step is one rename
-    of one of our files on the same file system, journaled in export.json so that any point of it
-    is either undone (an error) or finished by the next overwrite (a crash):
-
-    1. export.json becomes the journal: state "incomplete", the new lists and, as "previous", the
-       old ones (a later overwrite accepts a file matching either, so it can finish the job);
-    2. the old files move aside into `tmp/.replaced/`, dataset_config.toml and README.txt first:
-       from here on no trainer config points at a half-replaced folder;
-    3. the new folders are made and the new files moved in, the config and README last;
-    4. the complete export.json replaces the journal: the commit;
-    5. the old export's folders the new one does not use are removed when empty, then `tmp`.
-    """
-    aside = tmp / ".replaced"  # safe_name never starts a name with ".": no clash with the export
-    journal = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "state": "incomplete",
-        "note": "an export into this folder was interrupted: run it again with overwrite to finish it "
-                "(files not listed here are not the export's and are never touched)",
-        "files": files, "dirs": dirs,
-        "previous": {"files": [{"path": rel, "size": size, "sha256": sha}
-                               for rel, known in sorted(prev.files.items()) for size, sha in sorted(known)],
-                     "dirs": sorted(prev.dirs)},
-    }
-    (tmp / ".journal.json").write_bytes(_json_bytes(journal))
-    first = (CONFIG, README)
-    done: list[tuple[str, str]] = []  # the steps taken, for the undo: ("journal"|"aside"|"mkdir"|"placed", path)
-    try:
-        _move(tmp / ".journal.json", out_dir / MANIFEST)
-        done.append(("journal", MANIFEST))
-        for rel in sorted(prev.files, key=lambda r: (r not in first, r)):
-            if os.path.lexists(out_dir / rel):
-                (aside / rel).parent.mkdir(parents=True, exist_ok=True)
-                _move(out_dir / rel, aside / rel)
-                done.append(("aside", rel))
-        for d in dirs:  # sorted: a parent before its children
-            p = out_dir / d
-            if not os.path.lexists(p):
-                p.mkdir()
-                done.append(("mkdir", d))
-            elif p.is_symlink() or not p.is_dir():
-                raise ExportError(f"{p} appeared during the export and is not a folder; undoing it")
-        for e in sorted(files, key=lambda e: (e["path"] in first, e["path"])):
-            dst = out_dir / e["path"]
-            if os.path.lexists(dst):  # os.replace would clobber whatever appeared there meanwhile
-                raise ExportError(f"{dst} appeared during the export (not written by anime_assets); undoing it")
-            _move(tmp / e["path"], dst)
-            done.append(("placed", e["path"]))
-        _move(tmp / MANIFEST, out_dir / MANIFEST)
-    except BaseException as err:
-        if _rollback(tmp, out_dir, aside, done, prev.raw):
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        raise ExportError(f"the export into {out_dir} failed ({err}) and could not be undone in full: the old "
-                          f"export's files are in {aside}; export again with overwrite to finish it") from err
-    for d in sorted(prev.dirs - set(dirs), key=lambda d: -d.count("/")):  # deepest first
-        p = out_dir / d
-        if p.is_dir() and not p.is_symlink():
-            try:
-                p.rmdir()  # only when empty: a folder holding anything of the user's stays
-            except OSError:
-                pass
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _rollback(tmp: Path, out_dir: Path, aside: Path, done: list[tuple[str, str]], old_manifest: bytes) -> bool:
-    """Undo `_replace_in_place`'s steps in reverse; True when all of them were undone (then the old
-    export.json is written back).  Otherwise the journal stays: the next overwrite finishes the job."""
-    ok = True
-    for kind, rel in reversed(done):
-        try:
-            if kind == "placed":
-                _move(out_dir / rel, tmp / rel)
-            elif kind == "mkdir":
-                (out_dir / rel).rmdir()
-            elif kind == "aside":
-                if os.path.lexists(out_dir / rel):
-                    ok = False
-                else:
-                    _move(aside / rel, out_dir / rel)
-        except OSError:
-            ok = False
-    if ok and done:
-        try:
-            (tmp / ".restore.json").write_bytes(old_manifest)
-            _move(tmp / ".restore.json", out_dir / MANIFEST)
-        except OSError:
-            ok = False
-    return ok
 
 
 def _readme(m: dict, out_dir: Path) -> str:
