@@ -52,6 +52,8 @@ from typing import Mapping, Sequence
 import cv2
 import numpy as np
 
+from anime_assets.vision.align import phase_peaks
+
 #: Reason codes for frames that are not kept.
 REASONS = (
     "hold",  # same drawing as the reference candidate, camera still (drawn on twos/threes, held cel)
@@ -96,6 +98,25 @@ class CleanFrameParams:
     """(grey levels, see still_area)"""
     min_pan_shift: float = 0.1
     """Camera shifts (analysis px) below this are no camera move (hold_cap applies)."""
+    layered_peaks: int = 3
+    """A cel held on the screen while the background pans under it (the camera follows a
+    character on twos or threes) is not a new drawing: each pixel is explained either as it
+    was (the held cel) or moved by the camera (the background). This many phase-correlation
+    peaks are tried as the background's motion. 0 disables."""
+    layered_min_shift: float = 0.75
+    """... for background motions of at least this many analysis pixels (below, the two
+    explanations cannot be told apart from noise) ..."""
+    layer_min_area: float = 0.01
+    """The held cel is a connected region of at least this fraction of the picture."""
+    border_band: float = 0.12
+    """... and only where the background moved: the border band (this fraction of the short
+    side) is what the background holds ..."""
+    border_texture: float = 12.0
+    """... judged on its textured pixels (3x3 morphological gradient >= this, grey levels) ..."""
+    border_agree: float = 0.7
+    """... at least this share of which match after the motion ..."""
+    border_margin: float = 0.3
+    """... and this share more than match as they were."""
     recent_candidates: int = 8
     """The tracker also compares a changed frame with this many recent candidates (as is,
     no camera move): a drawing that comes back (mouth flaps A B A B) is marked 'repeat'
@@ -350,6 +371,119 @@ def _pan_match(ref: np.ndarray, cur: np.ndarray, d0: np.ndarray, dx: float, dy: 
     return not changed, overlap, score
 
 
+def _layered_map(ref: np.ndarray, cur: np.ndarray, dx: float, dy: float, p: CleanFrameParams) -> np.ndarray | None:
+    """Block map of what a two-layer explanation leaves, or None when there is no held cel:
+    each pixel of `cur` is as it was in `ref` (a cel held on the screen) or `ref` moved by
+    (dx, dy) (the background panning under it).
+
+    The cel is where `ref` as it was fits clearly better than moved: it must be one sizeable
+    region (`layer_min_area`), not scattered spots - a new drawing of a character who moves with
+    the background fits unmoved only by chance, in flat patches. Where the background slides past
+    the cel's outline a band as wide as the motion was hidden in `ref`; it lies outside the cel
+    (and, as found, partly inside) and is not scored, nor is the strip the camera newly reveals
+    at the image border."""
+    held = cv2.absdiff(ref, cur)
+    moved = cv2.absdiff(_translate(ref, -dx, -dy), cur)
+    win = (p.block, p.block)
+    better = (cv2.blur(held, win) + p.still_margin < cv2.blur(moved, win)).astype(np.uint8)
+    # one sizeable region, its holes filled: a changed face is a hole, and must stay scored
+    min_area = p.layer_min_area * better.size
+    cel = _without_small_parts(_without_small_parts(better, min_area), min_area, 0)
+    if not cel.any():
+        return None
+    r = cv2.blur(cv2.min(held, moved), win, borderType=cv2.BORDER_REPLICATE)
+    motion = int(np.ceil(max(abs(dx), abs(dy))))
+    outside, inside = motion + p.block, motion + 1  # the outline found is only as sharp as the motion
+    r[cv2.dilate(cel, np.ones((2 * outside + 1, 2 * outside + 1), np.uint8)) > cel] = 0
+    r[cel > cv2.erode(cel, np.ones((2 * inside + 1, 2 * inside + 1), np.uint8))] = 0
+    h, w = r.shape
+    e = p.block // 2 + int(np.ceil(2 * p.blur_sigma)) + 1
+    mx, my = min(w // 2, int(np.ceil(abs(dx))) + e), min(h // 2, int(np.ceil(abs(dy))) + e)
+    r[:, :mx] = 0
+    r[:, w - mx:] = 0
+    r[:my] = 0
+    r[h - my:] = 0
+    return r
+
+
+def _without_small_parts(mask: np.ndarray, min_area: float, value: int = 1) -> np.ndarray:
+    """`mask` (uint8 0/1) with the connected parts of `value` smaller than `min_area` flipped."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((mask == value).astype(np.uint8), connectivity=4)
+    small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_area)
+    small = small[small > 0]  # label 0 is the other value
+    if small.size == 0:
+        return mask
+    out = mask.copy()
+    out[np.isin(labels, small)] = 1 - value
+    return out
+
+
+def _border_pixels(ref: np.ndarray, dx: float, dy: float, p: CleanFrameParams) -> np.ndarray:
+    """Textured pixels of the border band, less the strip a camera move of (dx, dy) reveals:
+    what the background holds (the held-cel explanation is symmetric - a cel sliding over a
+    still background fits as well, and is a new drawing - and the background is what reaches
+    the image border)."""
+    h, w = ref.shape
+    band = max(4, int(p.border_band * min(h, w)))
+    edge = np.zeros((h, w), bool)
+    edge[:band] = edge[-band:] = True
+    edge[:, :band] = edge[:, -band:] = True
+    mx, my = int(np.ceil(abs(dx))) + 3, int(np.ceil(abs(dy))) + 3
+    edge[:, :mx] = edge[:, w - mx:] = False
+    edge[:my] = edge[h - my:] = False
+    grad = cv2.morphologyEx(ref, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
+    return edge & (grad >= p.border_texture)
+
+
+def _background_shift(ref: np.ndarray, cur: np.ndarray, s, p: CleanFrameParams):
+    """The background's motion near the guess `s`, fitted on the border pixels alone (a global
+    fit would be pulled toward the held cel), or None when the border does not move with it."""
+    border = _border_pixels(ref, *s, p)
+    if np.count_nonzero(border) < 0.01 * border.size:
+        return None  # a flat border: no evidence of which layer moved
+
+    def misfit(d):
+        return float(cv2.absdiff(_translate(ref, -d[0], -d[1]), cur)[border].mean())
+
+    best = (float(round(s[0])), float(round(s[1])))
+    if (cv2.absdiff(_translate(ref, -best[0], -best[1]), cur)[border] < p.pan_threshold).mean() < 0.5 * p.border_agree:
+        return None  # not even roughly the background's motion: no fit needed
+    for step in (0.5, 0.25):
+        around = [(best[0] + i * step, best[1] + j * step) for i in (-1, 0, 1) for j in (-1, 0, 1)]
+        best = min(around, key=misfit)
+    moved = cv2.absdiff(_translate(ref, -best[0], -best[1]), cur)[border] < p.pan_threshold
+    held = cv2.absdiff(ref, cur)[border] < p.pan_threshold
+    if moved.mean() < p.border_agree or moved.mean() - held.mean() < p.border_margin:
+        return None
+    return best
+
+
+def _held_cel_shift(ref: np.ndarray, cur: np.ndarray, guesses, win: dict, p: CleanFrameParams):
+    """The background motion (dx, dy) under which `cur` is `ref`'s cel held over a panning
+    background, or None. Tries `guesses` (the pan's prediction), then phase-correlation peaks."""
+    if p.layered_peaks <= 0:
+        return None
+    border = _border_pixels(ref, 0.0, 0.0, p)
+    if not border.any() or (cv2.absdiff(ref, cur)[border] < p.pan_threshold).mean() > 1.0 - p.border_margin:
+        return None  # the border (the background) did not move: most new drawings end here, cheaply
+    h, w = ref.shape
+    # full resolution: at half size a slow background's peak is next to the held cel's and is
+    # suppressed as its neighbour
+    hw = win.get(("hann", (w, h)))
+    if hw is None:
+        hw = win[("hann", (w, h))] = cv2.createHanningWindow((w, h), cv2.CV_32F)
+    peaks = phase_peaks(ref, cur, p.layered_peaks, hw)
+    for s in [*guesses, *peaks]:
+        if np.hypot(*s) < p.layered_min_shift or abs(s[0]) >= p.max_pan_shift_frac * w \
+                or abs(s[1]) >= p.max_pan_shift_frac * h:
+            continue
+        s = _background_shift(ref, cur, s, p)
+        r = _layered_map(ref, cur, s[0], s[1], p) if s is not None else None
+        if r is not None and not _changed(r, p, p.pan_cap, p.pan_threshold)[0]:
+            return s
+    return None
+
+
 # ----------------------------------------------------------------------------------------
 # online tracker
 
@@ -429,6 +563,13 @@ class DrawingTracker:
             hit = self._recent_match(g)
             if hit is not None:
                 return FrameDecision(False, "repeat", hit, None, change)
+        if base is ref:  # the camera follows a held cel: the background pans, the cel stays
+            guess = [(self._last[0] + self._vel[0], self._last[1] + self._vel[1])] if self._vel != (0.0, 0.0) else []
+            s = _held_cel_shift(ref, g, guess, self._win, p)
+            if s is not None:
+                self._vel = (s[0] - self._last[0], s[1] - self._last[1])
+                self._last = s
+                return FrameDecision(False, "pan", self._ref_index, s, change)
         return self._new_candidate(index, g, change)
 
     def _recent_match(self, g: np.ndarray) -> int | None:

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from anime_assets.vision.align import phase_peaks
+
 __all__ = [
     "CameraTrack", "Plate", "estimate_camera", "build_plate", "foreground_masks",
     "background_layer", "fill_holes",
@@ -92,30 +94,6 @@ def _texture(g: np.ndarray) -> np.ndarray:
     gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3) / 8.0
     gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3) / 8.0
     return np.hypot(gx, gy)
-
-
-def _phase_peaks(a: np.ndarray, b: np.ndarray, k: int, win: np.ndarray, wa=None, wb=None) -> list:
-    """Top-k peaks of the phase correlation: shifts d with a(u) ~ b(u + d). `wa`, `wb`: extra
-    per-pixel weights (0 on pixels to ignore, e.g. characters)."""
-    A = np.fft.rfft2((a - a.mean()) * (win if wa is None else win * wa))
-    B = np.fft.rfft2((b - b.mean()) * (win if wb is None else win * wb))
-    R = B * np.conj(A)
-    R /= np.abs(R) + 1e-6
-    r = np.fft.irfft2(R, s=a.shape)
-    # non-maximum suppression (3x3, wrap-around)
-    m = r.copy()
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            if dx or dy:
-                m = np.maximum(m, np.roll(r, (dy, dx), axis=(0, 1)))
-    cand = np.flatnonzero((r >= m).ravel())
-    cand = cand[np.argsort(r.ravel()[cand])[::-1][:k]]
-    h, w = a.shape
-    out = []
-    for c in cand:
-        y, x = divmod(int(c), w)
-        out.append((float(x - w if x > w // 2 else x), float(y - h if y > h // 2 else y)))
-    return out
 
 
 def _agreement(a: np.ndarray, b: np.ndarray, tex: np.ndarray, d) -> int:
@@ -217,7 +195,7 @@ def estimate_camera(frames_gray, max_peaks: int = 5, ignore=None) -> CameraTrack
         wa = wb = None
         if keep_small is not None:
             wa, wb = keep_small[i], keep_small[i - 1]
-        cands = _phase_peaks(b, a, max_peaks, win, wa, wb)  # a(u + d) ~ b(u): d = o_i - o_{i-1}
+        cands = phase_peaks(b, a, max_peaks, win, wa, wb)  # a(u + d) ~ b(u): d = o_i - o_{i-1}
         cands.append(tuple(vel / _COARSE))
         cands.append((0.0, 0.0))
         best, best_s = (0.0, 0.0), -2
