@@ -132,6 +132,8 @@ def _materialize(selection, instance, *, partition_key=None, tags=None) -> bool:
         # The full event log is in the instance (and the UI); the terminal shows progress and problems.
         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
     )
+    if _interrupt_pending():  # Dagster drops a Ctrl-C that lands after a run's last step
+        raise Interrupted(result.run_id[:8] if result.success else "")
     if not result.success:
         for ev in result.all_events:
             if ev.is_step_failure:
@@ -491,20 +493,46 @@ def main(argv: list[str] | None = None) -> int:
             return 130
 
 
+_WAKEUP: list[int] = []  # read end of the pipe the interpreter writes every signal's number into
+
+
+def _interrupt_pending() -> bool:
+    """Whether SIGINT or SIGTERM arrived since the last look. Dagster turns a signal into an
+    interrupt only at its own checkpoints and forgets one that lands between the last step and
+    the end of a run; the interpreter's wakeup pipe sees every signal, whoever handles it."""
+    import signal
+
+    if not _WAKEUP:
+        return False
+    try:
+        got = os.read(_WAKEUP[0], 512)
+    except BlockingIOError:
+        return False
+    return any(b in (signal.SIGINT, signal.SIGTERM) for b in got)
+
+
 @contextmanager
 def _hangup_as_interrupt():
     """A closed terminal (SIGHUP) stops a command the way Ctrl-C does, so its run is marked failed
-    instead of the process dying mid-step with the run left STARTED."""
+    instead of the process dying mid-step with the run left STARTED; and no Ctrl-C is lost."""
     import signal
 
-    if not hasattr(signal, "SIGHUP"):
-        yield
-        return
-    previous = signal.signal(signal.SIGHUP, lambda *_: signal.raise_signal(signal.SIGINT))
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    previous_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    _WAKEUP[:] = [r]
+    previous = signal.signal(signal.SIGHUP, lambda *_: signal.raise_signal(signal.SIGINT)) \
+        if hasattr(signal, "SIGHUP") else None
     try:
         yield
     finally:
-        signal.signal(signal.SIGHUP, previous)
+        if previous is not None:
+            signal.signal(signal.SIGHUP, previous)
+        signal.set_wakeup_fd(previous_fd)
+        _WAKEUP.clear()
+        os.close(r)
+        os.close(w)
 
 
 if __name__ == "__main__":

@@ -330,3 +330,26 @@ def test_the_same_episode_from_two_commands_at_once_runs_once(tmp_path, clips):
     assert second.returncode == 1 and _errors(second.stderr) == [
         "error: episode ep01 is being processed by another command; wait for it to finish (or stop it) and try again"]
     assert home.runs_in_progress() == [] and home.leftovers() == []
+
+
+def test_a_ctrl_c_that_dagster_forgets_still_stops_the_command(monkeypatch):
+    """Dagster drops an interrupt that lands between a run's last step and its end (seen under
+    load: Ctrl-C, then the command ran on to 'done'). The CLI still stops before the next stage."""
+    from dagster._utils.interrupts import capture_interrupts
+
+    from anime_assets import cli
+
+    class Finished:
+        success, run_id, all_events = True, "0" * 32, []
+
+    def run_that_swallows_a_ctrl_c(*args, **kwargs):
+        with capture_interrupts():  # what dagster.materialize does around a run
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        return Finished()
+
+    monkeypatch.setattr(dg, "materialize", run_that_swallows_a_ctrl_c)
+    with cli._hangup_as_interrupt():
+        with pytest.raises(cli.Interrupted):
+            cli._materialize([], None)
+        assert not cli._interrupt_pending()  # read once: the next command starts clean

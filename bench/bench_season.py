@@ -1,6 +1,10 @@
 """The benchmark season (issue 11): shots and clean frames on a dev half and a test half.
 
-    .venv/bin/python bench/bench_season.py [--episodes 2] [--size 640x360] [--seed 0]
+    .venv/bin/python bench/bench_season.py [--episodes 2] [--size 640x360] [--seed 0] [--live2d MANIFEST]
+
+More characters: render bench/art/live2d (see its README; fetched and rendered at bench time,
+never committed) into $ANIME_ASSETS_ART/live2d (default /tmp/anime_assets_art/live2d); this bench
+then registers them and splits the characters between the halves.
 
 Episodes come from `anime_assets_tests.fixtures.season`: seeded shots of the kinds that broke the
 pipeline on unseen material (pans on ones over characters on twos and threes, crossing
@@ -17,11 +21,13 @@ the truth's shots, as bench_clean_frames does.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+ART = Path(os.environ.get("ANIME_ASSETS_ART", "/tmp/anime_assets_art"))  # bench-time art (bench/art/*), never committed
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -75,7 +81,11 @@ def main(argv=None) -> int:
     ap.add_argument("--episodes", type=int, default=2, help="episodes per half")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", default="640x360")
+    ap.add_argument("--live2d", default=str(ART / "live2d" / "manifest.json"),
+                    help="manifest.json of bench/art/live2d/render.py's output (used when it exists)")
     a = ap.parse_args(argv)
+    if Path(a.live2d).is_file():
+        print(f"Live2D characters from {a.live2d}: {', '.join(season.register_live2d(Path(a.live2d)))}")
     size = tuple(int(v) for v in a.size.lower().split("x"))
     from anime_assets.models.transnet import get_transnet
 
