@@ -12,6 +12,10 @@ characters, still characters, edge-cut and distant characters, fast camera moves
 entered by cuts, dissolves and fades, with exact truth. Thresholds are chosen on the dev half;
 the test half is what a figure means. Both are printed, per half and per shot kind.
 
+With --layers, also the character layer against the exact truth (IoU, boundary F at 2 px,
+background under the characters where the shot saw it, still-shot consecutive IoU), with the
+offline segmentation prior, through bench_layers.evaluate.
+
 Shots: F1 of the fused detector, of TransNetV2 alone and of the classical detector alone (cuts
 within +-1 frame, gradual transitions by overlap; `bench_shots.match`). Clean frames: drawings
 lost and the share of kept frames that repeat a kept drawing (`bench_clean_frames.score`), with
@@ -76,11 +80,48 @@ def frame_scores(path: Path, truth) -> tuple[dict, dict]:
     return score(truth, kept), dict(per_kind)
 
 
+class SeasonTruth:
+    """Exact layers of a season episode, in the shape bench_layers.evaluate reads (no effects yet)."""
+
+    def __init__(self, spec, path: Path, gt):
+        from bench.bench_layers import _no_poses
+
+        self.spec, self.background_spec, self.path, self.gt = spec, _no_poses(spec), path, gt
+        self.size = tuple(gt.size)
+
+    def layers(self, i: int):
+        import numpy as np
+
+        _, masks = clips.render_frame(self.spec, i, self.size)
+        bg, _ = clips.render_frame(self.background_spec, i, self.size)
+        cov = np.clip(sum(masks.values()), 0, 1) if masks else np.zeros(self.size[::-1], np.float32)
+        return cov.astype(np.float32), np.zeros(self.size[::-1], np.float32), bg
+
+
+def layer_scores(half: str, episodes: int, seed: int, size) -> dict:
+    """Character IoU, boundary F, background under the characters and still-shot IoU over the
+    half's episodes, with the offline segmentation prior (as bench_layers)."""
+    from anime_assets.models.inpaint import load_inpainter
+    from anime_assets.models.segment import load_segmenter
+    from anime_assets.vision.layers import LayerConfig
+    from bench.bench_layers import evaluate
+
+    seg, inp = load_segmenter("auto"), load_inpainter("auto")
+    runs = []
+    for spec, (path, gt) in zip(season.season_specs(half, episodes, seed), build(half, episodes, seed, size)):
+        runs.append(evaluate(SeasonTruth(spec, path, gt), seg.predict, inp.inpaint, LayerConfig()))
+    keys = ("iou", "bf", "bg_seen", "static_iou", "s_per_frame")
+    out = {k: sum(r[k] * r["kept"] for r in runs) / max(sum(r["kept"] for r in runs), 1) for k in keys}
+    out["kept"], out["prior"] = sum(r["kept"] for r in runs), seg.model_id
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--episodes", type=int, default=2, help="episodes per half")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", default="640x360")
+    ap.add_argument("--layers", action="store_true", help="also the character layer vs exact truth (slow)")
     ap.add_argument("--live2d", default=str(ART / "live2d" / "manifest.json"),
                     help="manifest.json of bench/art/live2d/render.py's output (used when it exists)")
     a = ap.parse_args(argv)
@@ -115,6 +156,11 @@ def main(argv=None) -> int:
               f"{int(sums['drawings']):8d} {int(sums['kept']):5d} {int(sums['lost']):5d} {rate:7.1f}%")
         print("  per shot kind (lost / repeats / kept): " + "; ".join(
             f"{k} {v[0]}/{v[1]}/{v[2]}" for k, v in sorted(kinds.items())))
+        if a.layers:
+            r = layer_scores(half, a.episodes, a.seed, size)
+            print(f"  layers ({r['prior']} prior, {r['kept']} frames): character IoU {r['iou']:.3f} (target 0.95), "
+                  f"boundary F {r['bf']:.3f} (0.85), background where seen {r['bg_seen']:.1f} dB (30), "
+                  f"still-shot IoU {r['static_iou']:.3f} (0.98), {r['s_per_frame']:.2f} s/frame")
     return 0
 
 
