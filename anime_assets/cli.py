@@ -203,12 +203,9 @@ def _ingest_one(instance, src: Path, episode: str) -> bool:
     from anime_assets.defs.partitions import EPISODES
     from anime_assets.defs.resources import StorageResource
     from anime_assets.defs.sensors import EPISODE_ASSETS
-    from anime_assets.storage.inbox import same_content
 
     inbox = StorageResource().inbox()
-    held = inbox.scan().files.get(episode)
-    placed_here = held is None or not same_content(src, inbox.folder / held)
-    inbox.place(src, episode)
+    _, placed_here = inbox.place(src, episode)  # compares with a file already there (hashes at most once)
     new = episode not in instance.get_dynamic_partitions(EPISODES)
     if new:
         instance.add_dynamic_partitions(EPISODES, [episode])

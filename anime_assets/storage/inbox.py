@@ -39,6 +39,7 @@ class InboxError(ValueError):
 class InboxScan:
     files: dict[str, str] = field(default_factory=dict)  # episode key -> file name
     skipped: dict[str, str] = field(default_factory=dict)  # file name -> why it is not an episode
+    contested: dict[str, str] = field(default_factory=dict)  # skipped file name -> the key it would have had
 
 
 def same_content(a: Path, b: Path) -> bool:
@@ -153,12 +154,14 @@ class Inbox:
                 for other in names:
                     if other != owner:
                         out.skipped[other] = f"{other}: episode key {key} belongs to {owner}; rename this file"
+                        out.contested[other] = key
             elif len(names) == 1:
                 out.files[key] = names[0]
             else:
                 for name in names:
                     out.skipped[name] = (f"{name}: {', '.join(names)} all map to episode key {key}; "
                                          "rename all but one")
+                    out.contested[name] = key
         return out
 
     def video(self, key: str) -> Path:
@@ -167,24 +170,25 @@ class Inbox:
         scan = self.scan()
         if key in scan.files:
             return self.folder / scan.files[key]
-        reasons = [why for why in scan.skipped.values() if f"key {key} " in why or f"key {key};" in why]
+        reasons = [scan.skipped[name] for name, k in scan.contested.items() if k == key]
         if reasons:
             raise ValueError(f"episode {key}: {reasons[0]}")
         raise FileNotFoundError(f"episode {key}: no video file for it in {self.folder}")
 
     # ---- putting a file in -------------------------------------------------------
-    def place(self, src: Path, key: str) -> Path:
-        """Link (or copy) `src` into the inbox as episode `key`; idempotent for the same file."""
+    def place(self, src: Path, key: str) -> tuple[Path, bool]:
+        """Link (or copy) `src` into the inbox as episode `key`; idempotent for the same file.
+        Returns (the inbox file, whether this call put it there)."""
         validate_key(key, "episode")
         with self.locked():
             held = self.scan().files.get(key)
             if held is not None:
-                return self._same_or_refuse(src, key, self.folder / held)
+                return self._same_or_refuse(src, key, self.folder / held), False
             suffix = src.suffix.lower() if src.suffix.lower() in settings.VIDEO_EXTENSIONS else ".mp4"
             dst = self.folder / f"{key}{suffix}"
             self._link_or_copy(src, dst)
             self.claim(key, dst.name)
-            return dst
+            return dst, True
 
     def _same_or_refuse(self, src: Path, key: str, held: Path) -> Path:
         if same_content(src, held):

@@ -342,16 +342,10 @@ def _aligned_map(ref: np.ndarray, cur: np.ndarray, d0: np.ndarray, dx: float, dy
     my = int(np.ceil(abs(hy))) + e
     if w - 2 * mx <= 0 or h - 2 * my <= 0:
         return None, 0.0
-    r[:, :mx] = 0
-    r[:, w - mx:] = 0
-    r[:my] = 0
-    r[h - my:] = 0
+    _zero_margins(r, mx, my)
     overlap = (w - abs(dx)) * (h - abs(dy)) / float(w * h)
     if still is not None:
-        still[:, :mx] = False
-        still[:, w - mx:] = False
-        still[:my] = False
-        still[h - my:] = False
+        _zero_margins(still, mx, my)
         if np.count_nonzero(still) >= p.still_area * still.size:
             return None, overlap
     return r, overlap
@@ -396,14 +390,20 @@ def _layered_map(ref: np.ndarray, cur: np.ndarray, dx: float, dy: float, p: Clea
     outside, inside = motion + p.block, motion + 1  # the outline found is only as sharp as the motion
     r[cv2.dilate(cel, np.ones((2 * outside + 1, 2 * outside + 1), np.uint8)) > cel] = 0
     r[cel > cv2.erode(cel, np.ones((2 * inside + 1, 2 * inside + 1), np.uint8))] = 0
-    h, w = r.shape
     e = p.block // 2 + int(np.ceil(2 * p.blur_sigma)) + 1
-    mx, my = min(w // 2, int(np.ceil(abs(dx))) + e), min(h // 2, int(np.ceil(abs(dy))) + e)
-    r[:, :mx] = 0
-    r[:, w - mx:] = 0
-    r[:my] = 0
-    r[h - my:] = 0
+    _zero_margins(r, int(np.ceil(abs(dx))) + e, int(np.ceil(abs(dy))) + e)
     return r
+
+
+def _zero_margins(a: np.ndarray, mx: int, my: int) -> None:
+    """Zero (or clear) `a`'s outer mx columns and my rows on each side, in place: the strip a camera
+    move reveals, and the reach of the blur, are no evidence."""
+    h, w = a.shape[:2]
+    mx, my = min(mx, w // 2), min(my, h // 2)
+    a[:, :mx] = 0
+    a[:, w - mx:] = 0
+    a[:my] = 0
+    a[h - my:] = 0
 
 
 def _without_small_parts(mask: np.ndarray, min_area: float, value: int = 1) -> np.ndarray:
@@ -418,44 +418,42 @@ def _without_small_parts(mask: np.ndarray, min_area: float, value: int = 1) -> n
     return out
 
 
-def _border_pixels(ref: np.ndarray, dx: float, dy: float, p: CleanFrameParams) -> np.ndarray:
-    """Textured pixels of the border band, less the strip a camera move of (dx, dy) reveals:
-    what the background holds (the held-cel explanation is symmetric - a cel sliding over a
-    still background fits as well, and is a new drawing - and the background is what reaches
-    the image border)."""
+def _border_band(ref: np.ndarray, p: CleanFrameParams) -> np.ndarray:
+    """Textured pixels of the border band: what the background holds. (The held-cel explanation
+    is symmetric - a cel sliding over a still background fits as well, and is a new drawing -
+    and the background is what reaches the image border.)"""
     h, w = ref.shape
     band = max(4, int(p.border_band * min(h, w)))
     edge = np.zeros((h, w), bool)
     edge[:band] = edge[-band:] = True
     edge[:, :band] = edge[:, -band:] = True
-    mx, my = int(np.ceil(abs(dx))) + 3, int(np.ceil(abs(dy))) + 3
-    edge[:, :mx] = edge[:, w - mx:] = False
-    edge[:my] = edge[h - my:] = False
     grad = cv2.morphologyEx(ref, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
     return edge & (grad >= p.border_texture)
 
 
-def _background_shift(ref: np.ndarray, cur: np.ndarray, s, p: CleanFrameParams):
-    """The background's motion near the guess `s`, fitted on the border pixels alone (a global
-    fit would be pulled toward the held cel), or None when the border does not move with it."""
-    border = _border_pixels(ref, *s, p)
+def _background_shift(ref: np.ndarray, cur: np.ndarray, s, band: np.ndarray, p: CleanFrameParams):
+    """The background's motion near the guess `s`, fitted on the border `band` alone (a global fit
+    would be pulled toward the held cel), or None when the border does not move with it."""
+    border = band.copy()
+    _zero_margins(border, int(np.ceil(abs(s[0]))) + 3, int(np.ceil(abs(s[1]))) + 3)  # revealed strip
     if np.count_nonzero(border) < 0.01 * border.size:
         return None  # a flat border: no evidence of which layer moved
+    diffs: dict = {}
 
-    def misfit(d):
-        return float(cv2.absdiff(_translate(ref, -d[0], -d[1]), cur)[border].mean())
+    def diff(d):
+        if d not in diffs:
+            diffs[d] = cv2.absdiff(_translate(ref, -d[0], -d[1]), cur)[border]
+        return diffs[d]
 
     best = (float(round(s[0])), float(round(s[1])))
-    if (cv2.absdiff(_translate(ref, -best[0], -best[1]), cur)[border] < p.pan_threshold).mean() < 0.5 * p.border_agree:
+    if (diff(best) < p.pan_threshold).mean() < 0.5 * p.border_agree:
         return None  # not even roughly the background's motion: no fit needed
     for step in (0.5, 0.25):
         around = [(best[0] + i * step, best[1] + j * step) for i in (-1, 0, 1) for j in (-1, 0, 1)]
-        best = min(around, key=misfit)
-    moved = cv2.absdiff(_translate(ref, -best[0], -best[1]), cur)[border] < p.pan_threshold
-    held = cv2.absdiff(ref, cur)[border] < p.pan_threshold
-    if moved.mean() < p.border_agree or moved.mean() - held.mean() < p.border_margin:
-        return None
-    return best
+        best = min(around, key=lambda d: float(diff(d).mean()))
+    moved = (diff(best) < p.pan_threshold).mean()
+    held = (diff((0.0, 0.0)) < p.pan_threshold).mean()
+    return best if moved >= p.border_agree and moved - held >= p.border_margin else None
 
 
 def _held_cel_shift(ref: np.ndarray, cur: np.ndarray, guesses, win: dict, p: CleanFrameParams):
@@ -463,8 +461,8 @@ def _held_cel_shift(ref: np.ndarray, cur: np.ndarray, guesses, win: dict, p: Cle
     background, or None. Tries `guesses` (the pan's prediction), then phase-correlation peaks."""
     if p.layered_peaks <= 0:
         return None
-    border = _border_pixels(ref, 0.0, 0.0, p)
-    if not border.any() or (cv2.absdiff(ref, cur)[border] < p.pan_threshold).mean() > 1.0 - p.border_margin:
+    band = _border_band(ref, p)
+    if not band.any() or (cv2.absdiff(ref, cur)[band] < p.pan_threshold).mean() > 1.0 - p.border_margin:
         return None  # the border (the background) did not move: most new drawings end here, cheaply
     h, w = ref.shape
     # full resolution: at half size a slow background's peak is next to the held cel's and is
@@ -477,7 +475,7 @@ def _held_cel_shift(ref: np.ndarray, cur: np.ndarray, guesses, win: dict, p: Cle
         if np.hypot(*s) < p.layered_min_shift or abs(s[0]) >= p.max_pan_shift_frac * w \
                 or abs(s[1]) >= p.max_pan_shift_frac * h:
             continue
-        s = _background_shift(ref, cur, s, p)
+        s = _background_shift(ref, cur, s, band, p)
         r = _layered_map(ref, cur, s[0], s[1], p) if s is not None else None
         if r is not None and not _changed(r, p, p.pan_cap, p.pan_threshold)[0]:
             return s
